@@ -1,0 +1,131 @@
+"""The invertible-module contract and the generic reconstructing rule."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["InvertibleModule", "Reconstruction", "vjp_wrt"]
+
+
+class Reconstruction(NamedTuple):
+    """What :meth:`InvertibleModule.reconstruct_vjp` returns.
+
+    Attributes:
+        input: the rebuilt input of the pass (``x`` for the forward pass, ``y`` for the inverse).
+        grad_input: the gradient of the loss with respect to ``input``.
+        grad_cond: the gradient with respect to the condition, or ``None`` when there is no
+            condition or it does not require grad.
+        grad_params: one entry per tensor of ``module.parameters()``, in that order; ``None``
+            where the parameter does not require grad or received no gradient.
+    """
+
+    input: Tensor
+    grad_input: Tensor
+    grad_cond: Tensor | None
+    grad_params: tuple[Tensor | None, ...]
+
+
+class InvertibleModule(nn.Module):
+    r"""Base class of every invertible block.
+
+    Contract (every subclass MUST keep it):
+
+    * ``forward(x, cond=None) -> (y, logdet)`` computes :math:`y = f(x; c)` and
+      :math:`\log |\det \partial f / \partial x|` per sample, shape ``(B,)``.
+    * ``inverse(y, cond=None) -> (x, logdet)`` computes :math:`x = f^{-1}(y; c)` and the log
+      determinant *of the inverse map*, which is the negative of the forward's at that point.
+    * A module that takes no condition accepts ``cond`` and ignores it (a chain passes its
+      condition to every layer); one that takes a condition says so in
+      :attr:`takes_condition`.
+    * Both always return a pair, whatever the flags; neither mutates its inputs.
+    * Shape mistakes (rank, channels, missing or mismatched condition) raise ``ValueError`` or
+      ``TypeError`` naming the layer, before any state changes.
+
+    A subclass MAY override :meth:`reconstruct_vjp` with a hand-written rule that shares work
+    between inversion and the vector-Jacobian product (VJP); otherwise the generic rule below
+    is used: invert under ``no_grad``, re-run the pass with grad, take the VJP. Rules never
+    write ``.grad``: they return parameter gradients, and the chain hands them to autograd.
+    """
+
+    @property
+    def takes_condition(self) -> bool:
+        """Whether the module uses a condition; unconditional modules ignore ``cond``."""
+        return False
+
+    @property
+    def is_initialized(self) -> bool:
+        """False while a data-dependent initialisation (ActNorm's) waits for the first batch."""
+        return True
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward")
+
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} does not implement inverse")
+
+    def reconstruct_vjp(
+        self,
+        output: Tensor,
+        grad_output: Tensor,
+        grad_logdet: Tensor,
+        cond: Tensor | None = None,
+        *,
+        inverse: bool = False,
+    ) -> Reconstruction:
+        r"""Rebuild a pass's input from its output and back-propagate through the pass.
+
+        Args:
+            output: what the pass returned: ``y`` for the forward pass (``inverse=False``),
+                ``x`` for the inverse pass (``inverse=True``).
+            grad_output: :math:`\partial L / \partial \text{output}`, same shape as ``output``.
+            grad_logdet: :math:`\partial L / \partial \text{logdet}`, shape ``(B,)``.
+            cond: the condition the pass saw; its gradient is computed when it requires grad.
+            inverse: which pass to back-propagate through.
+
+        Returns:
+            A :class:`Reconstruction`. Gradients are computed for parameters that require grad.
+        """
+        run, undo = (self.inverse, self.forward) if inverse else (self.forward, self.inverse)
+        with torch.no_grad():
+            rebuilt, _ = undo(output, cond)
+        rebuilt = rebuilt.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out, logdet = run(rebuilt, cond)
+        return vjp_wrt((out, logdet), (grad_output, grad_logdet), rebuilt, cond, self)
+
+
+def vjp_wrt(
+    outputs: Sequence[Tensor],
+    grad_outputs: Sequence[Tensor],
+    input: Tensor,
+    cond: Tensor | None,
+    module: nn.Module,
+) -> Reconstruction:
+    """Vector-Jacobian product of ``outputs`` with respect to ``input``, ``cond`` and the
+    trainable parameters of ``module``, packed as a :class:`Reconstruction`.
+
+    ``input`` must be a tensor that requires grad and from which ``outputs`` were computed;
+    outputs that do not depend on anything differentiable are skipped.
+    """
+    params = tuple(module.parameters())
+    trainable = [i for i, p in enumerate(params) if p.requires_grad]
+    wants_cond = cond is not None and cond.requires_grad
+    targets = [input, *([cond] if wants_cond else []), *(params[i] for i in trainable)]
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+    if pairs:
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs], targets, [g for _, g in pairs], allow_unused=True
+        )
+    else:
+        grads = (None,) * len(targets)
+    grad_input = grads[0] if grads[0] is not None else torch.zeros_like(input)
+    grad_cond = grads[1] if wants_cond else None
+    offset = 2 if wants_cond else 1
+    grad_params: list[Tensor | None] = [None] * len(params)
+    for k, i in enumerate(trainable):
+        grad_params[i] = grads[offset + k]
+    return Reconstruction(input.detach(), grad_input, grad_cond, tuple(grad_params))

@@ -1,0 +1,65 @@
+"""Replaying a pass's random numbers and autocast state during reconstruction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ReplayState"]
+
+# Odd 64-bit constant (golden ratio) that spreads per-layer seeds far apart, so that layer i of
+# one call and layer j of another never share a random stream.
+_SEED_STRIDE = 0x9E3779B97F4A7C15
+_SEED_MASK = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class ReplayState:
+    """What a chain's pass must see again when a layer is re-run during backward.
+
+    Random numbers: when ``seed`` is set, layer ``i`` runs with the generators of the CPU and of
+    the input's device seeded from ``(seed, i)`` and restored afterwards, so a layer's random
+    draws (dropout in a conditioner, say) are the same in the forward pass and when it is
+    re-run during backward. Only one integer is kept per call, whatever the depth.
+
+    Autocast: the autocast settings (enabled, dtype) of the forward pass, per device type.
+    """
+
+    seed: int | None
+    device: torch.device
+    autocast: tuple[tuple[str, bool, torch.dtype], ...]
+
+    @classmethod
+    def capture(cls, device: torch.device, preserve_rng_state: bool) -> ReplayState:
+        seed = int(torch.randint(_SEED_MASK, ())) if preserve_rng_state else None
+        device_types = dict.fromkeys(["cpu", device.type])
+        autocast = tuple(
+            (t, torch.is_autocast_enabled(t), torch.get_autocast_dtype(t)) for t in device_types
+        )
+        return cls(seed, device, autocast)
+
+    @contextmanager
+    def layer(self, index: int) -> Iterator[None]:
+        """Run layer ``index`` with its own reproducible random stream."""
+        if self.seed is None:
+            yield
+            return
+        layer_seed = (self.seed + (index + 1) * _SEED_STRIDE) & _SEED_MASK
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.default_generator.manual_seed(layer_seed)
+            if devices:
+                with torch.cuda.device(self.device):
+                    torch.cuda.manual_seed(layer_seed)
+            yield
+
+    @contextmanager
+    def autocast_state(self) -> Iterator[None]:
+        """Restore the forward pass's autocast settings (backward runs without them)."""
+        with ExitStack() as stack:
+            for device_type, enabled, dtype in self.autocast:
+                stack.enter_context(torch.autocast(device_type, dtype=dtype, enabled=enabled))
+            yield

@@ -1,0 +1,51 @@
+"""Default conditioner networks of coupling layers: an MLP for vectors, a CNN for fields."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+__all__ = ["Subnet", "default_conditioner"]
+
+Subnet = Callable[[int, int], nn.Module]
+"""A conditioner factory: ``subnet(in_features, out_features) -> nn.Module``."""
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def default_conditioner(
+    in_features: int, out_features: int, hidden: int, spatial_dims: int
+) -> nn.Module:
+    """Glow's conditioner, with a zero-initialised last layer so the coupling starts as identity.
+
+    * ``spatial_dims == 0`` (vectors ``(B, D)``): Linear -> ReLU -> Linear -> ReLU -> Linear.
+    * ``spatial_dims in (1, 2, 3)``: Conv k3 -> ReLU -> Conv k1 -> ReLU -> Conv k3 with "same"
+      padding, using Conv1d/2d/3d.
+
+    Every parameter takes part in every forward pass (nothing unused, as
+    ``DistributedDataParallel`` without ``find_unused_parameters`` requires).
+    """
+    if spatial_dims == 0:
+        layers = [
+            nn.Linear(in_features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, out_features),
+        ]
+    elif spatial_dims in _CONV:
+        conv = _CONV[spatial_dims]
+        layers = [
+            conv(in_features, hidden, kernel_size=3, padding=1),
+            nn.ReLU(),
+            conv(hidden, hidden, kernel_size=1),
+            nn.ReLU(),
+            conv(hidden, out_features, kernel_size=3, padding=1),
+        ]
+    else:
+        raise ValueError(f"spatial_dims must be 0, 1, 2 or 3, got {spatial_dims!r}")
+    last = layers[-1]
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers)

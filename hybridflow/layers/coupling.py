@@ -1,0 +1,255 @@
+"""Coupling layers: half the features pass through and parametrise a map of the other half."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hybridflow.autograd.checks import check_condition, check_finite, check_input
+from hybridflow.autograd.module import InvertibleModule, Reconstruction, vjp_wrt
+from hybridflow.layers.conditioners import Subnet, default_conditioner
+
+__all__ = ["AffineCoupling", "CouplingLayer"]
+
+
+class CouplingLayer(InvertibleModule):
+    r"""Template of coupling layers: :math:`y_1 = x_1`, :math:`y_2 = g(x_2; h)`,
+    :math:`h = \mathrm{NN}([x_1, c])`, with ``g`` elementwise and invertible in :math:`x_2`.
+
+    The input splits along dimension 1 into :math:`x_1` (the first ``num_features // 2``
+    channels) and :math:`x_2` (the rest). The condition, if any, is concatenated to the
+    conditioner's input: a vector ``(B, cond_features)`` is broadcast over space.
+
+    Subclasses set :attr:`params_per_feature` and write two small methods,
+    :meth:`_transform` and :meth:`_inverse_transform`; they may also write
+    :meth:`_elementwise_vjp` by hand. The reconstructing backward runs the conditioner once
+    forward and once backward, whatever ``g`` is: the elementwise part is cheap.
+
+    Args:
+        num_features: channels (images, volumes) or features (vectors) of the input, at least 2.
+        hidden: width of the default conditioner.
+        cond_features: channels of the condition; 0 for an unconditional layer.
+        spatial_dims: 0 for vectors ``(B, D)``, 1/2/3 for ``(B, C, L)``, ``(B, C, H, W)``,
+            ``(B, C, D, H, W)``; picks a Linear or Conv1d/2d/3d conditioner.
+        subnet: optional conditioner factory ``subnet(in_features, out_features)`` replacing the
+            default network. All trainable parameters of the layer must live in it.
+    """
+
+    params_per_feature: int = 1
+
+    def __init__(
+        self,
+        num_features: int,
+        hidden: int = 64,
+        cond_features: int = 0,
+        spatial_dims: int = 0,
+        subnet: Subnet | None = None,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        if num_features < 2:
+            raise ValueError(f"{name}: num_features must be at least 2, got {num_features}")
+        if cond_features < 0:
+            raise ValueError(f"{name}: cond_features must be >= 0, got {cond_features}")
+        if spatial_dims not in (0, 1, 2, 3):
+            raise ValueError(f"{name}: spatial_dims must be 0, 1, 2 or 3, got {spatial_dims!r}")
+        self.num_features = num_features
+        self.cond_features = cond_features
+        self.spatial_dims = spatial_dims
+        self.split_size = num_features // 2
+        in_features = self.split_size + cond_features
+        out_features = (num_features - self.split_size) * self.params_per_feature
+        self.conditioner = (
+            subnet(in_features, out_features)
+            if subnet is not None
+            else default_conditioner(in_features, out_features, hidden, spatial_dims)
+        )
+
+    @property
+    def takes_condition(self) -> bool:
+        return self.cond_features > 0
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_features={self.num_features}, cond_features={self.cond_features}, "
+            f"spatial_dims={self.spatial_dims}"
+        )
+
+    # -- the two methods a subclass writes -------------------------------------------------
+    def _transform(self, x2: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``(y2, logdet)`` of the elementwise map given conditioner output ``h``."""
+        raise NotImplementedError
+
+    def _inverse_transform(self, y2: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x2, logdet)`` of the inverse elementwise map (logdet of the inverse)."""
+        raise NotImplementedError
+
+    # -- shared machinery ------------------------------------------------------------------
+    def _check(self, x: Tensor, cond: Tensor | None, where: str) -> None:
+        check_input(x, where, self.num_features, self.spatial_dims)
+        check_condition(cond, x, where, self.cond_features)
+
+    def _condition(self, x1: Tensor, cond: Tensor | None) -> Tensor:
+        """Conditioner output ``h`` for the pass-through half (and the condition)."""
+        if cond is None or self.cond_features == 0:
+            return self.conditioner(x1)
+        if cond.dim() == 2 and x1.dim() > 2:
+            cond = cond.view(*cond.shape, *([1] * (x1.dim() - 2))).expand(-1, -1, *x1.shape[2:])
+        return self.conditioner(torch.cat([x1, cond], dim=1))
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x[:, : self.split_size], x[:, self.split_size :]
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(x, cond, type(self).__name__)
+        x1, x2 = self._split(x)
+        y2, logdet = self._transform(x2, self._condition(x1, cond))
+        return torch.cat([x1, y2], dim=1), logdet
+
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        where = f"{type(self).__name__}.inverse"
+        self._check(y, cond, where)
+        check_finite(y, where)
+        y1, y2 = self._split(y)
+        x2, logdet = self._inverse_transform(y2, self._condition(y1, cond))
+        return torch.cat([y1, x2], dim=1), logdet
+
+    def reconstruct_vjp(
+        self,
+        output: Tensor,
+        grad_output: Tensor,
+        grad_logdet: Tensor,
+        cond: Tensor | None = None,
+        *,
+        inverse: bool = False,
+    ) -> Reconstruction:
+        """Shared rule: one conditioner pass forward and one backward.
+
+        The pass-through half of the output equals that of the input, so ``h`` is computed
+        from it once with grad on; the elementwise part is inverted and differentiated given
+        ``h`` (:meth:`_elementwise_vjp`), and ``dh`` is back-propagated through the
+        conditioner to the pass-through half, the condition and the parameters.
+        """
+        out1, out2 = self._split(output)
+        grad1, grad2 = self._split(grad_output)
+        passthrough = out1.detach().requires_grad_(True)
+        with torch.enable_grad():
+            h = self._condition(passthrough, cond)
+        with torch.no_grad():
+            rebuilt2, grad_in2, grad_h = self._elementwise_vjp(
+                out2, h.detach(), grad2, grad_logdet, inverse
+            )
+        through = vjp_wrt((h,), (grad_h,), passthrough, cond, self)
+        return Reconstruction(
+            torch.cat([out1, rebuilt2], dim=1),
+            torch.cat([grad1 + through.grad_input, grad_in2], dim=1),
+            through.grad_cond,
+            through.grad_params,
+        )
+
+    def _elementwise_vjp(
+        self, out2: Tensor, h: Tensor, grad_out2: Tensor, grad_logdet: Tensor, inverse: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(rebuilt input half, its gradient, gradient of h)`` for the elementwise map.
+
+        Generic version: invert, then differentiate the elementwise map with autograd; it
+        touches no network, so it costs little. Subclasses may write it by hand.
+        """
+        run, undo = (
+            (self._inverse_transform, self._transform)
+            if inverse
+            else (self._transform, self._inverse_transform)
+        )
+        rebuilt = undo(out2, h)[0].requires_grad_(True)
+        h = h.requires_grad_(True)
+        with torch.enable_grad():
+            out, logdet = run(rebuilt, h)
+            grad_in, grad_h = torch.autograd.grad(
+                (out, logdet), (rebuilt, h), (grad_out2, grad_logdet), allow_unused=True
+            )
+        grad_h = torch.zeros_like(h) if grad_h is None else grad_h
+        return rebuilt.detach(), grad_in, grad_h
+
+
+def _per_sample_sum(x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def _batch_view(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+class AffineCoupling(CouplingLayer):
+    r"""Affine coupling (Glow / Real NVP): :math:`y_2 = x_2 \odot e^{s} + t`,
+    :math:`\log\det = \sum s`, where :math:`(\tilde s, t) = \mathrm{NN}([x_1, c])` and
+    :math:`s = a \tanh(\tilde s / a)` is softly clamped to :math:`(-a, a)` for stability.
+
+    With the default zero-initialised conditioner the layer starts as the identity.
+
+    Args:
+        num_features: see :class:`CouplingLayer`.
+        hidden: see :class:`CouplingLayer`.
+        cond_features: see :class:`CouplingLayer`.
+        spatial_dims: see :class:`CouplingLayer`.
+        subnet: see :class:`CouplingLayer`.
+        clamp: the bound ``a`` of the log-scale.
+
+    References:
+        Dinh et al., "Density estimation using Real NVP", 2017;
+        Kingma & Dhariwal, "Glow", 2018.
+    """
+
+    params_per_feature = 2
+
+    def __init__(
+        self,
+        num_features: int,
+        hidden: int = 64,
+        cond_features: int = 0,
+        spatial_dims: int = 0,
+        subnet: Subnet | None = None,
+        clamp: float = 2.0,
+    ) -> None:
+        super().__init__(num_features, hidden, cond_features, spatial_dims, subnet)
+        if clamp <= 0:
+            raise ValueError(f"AffineCoupling: clamp must be positive, got {clamp}")
+        self.clamp = clamp
+
+    def _scale_shift(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        raw, shift = h.chunk(2, dim=1)
+        squashed = torch.tanh(raw / self.clamp)
+        return self.clamp * squashed, shift, squashed
+
+    def _transform(self, x2: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        log_scale, shift, _ = self._scale_shift(h)
+        return x2 * log_scale.exp() + shift, _per_sample_sum(log_scale)
+
+    def _inverse_transform(self, y2: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        log_scale, shift, _ = self._scale_shift(h)
+        return (y2 - shift) * (-log_scale).exp(), -_per_sample_sum(log_scale)
+
+    def _elementwise_vjp(
+        self, out2: Tensor, h: Tensor, grad_out2: Tensor, grad_logdet: Tensor, inverse: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Hand-written. Forward pass: :math:`x_2 = (y_2 - t) e^{-s}`,
+        :math:`\bar x_2 = \bar y_2 e^{s}`, :math:`\bar s = \bar y_2 (y_2 - t) + \overline{\log\det}`,
+        :math:`\bar t = \bar y_2`. Inverse pass: :math:`y_2 = x_2 e^{s} + t`,
+        :math:`\bar y_2 = \bar x_2 e^{-s}`, :math:`\bar t = -\bar y_2`,
+        :math:`\bar s = -\bar x_2 x_2 - \overline{\log\det}`. Then
+        :math:`\bar{\tilde s} = \bar s (1 - \tanh^2(\tilde s / a))`.
+        """
+        log_scale, shift, squashed = self._scale_shift(h)
+        dlogdet = _batch_view(grad_logdet, out2)
+        if not inverse:
+            centered = out2 - shift
+            rebuilt = centered * (-log_scale).exp()
+            grad_in = grad_out2 * log_scale.exp()
+            grad_log_scale = grad_out2 * centered + dlogdet
+            grad_shift = grad_out2
+        else:
+            rebuilt = out2 * log_scale.exp() + shift
+            grad_in = grad_out2 * (-log_scale).exp()
+            grad_shift = -grad_in
+            grad_log_scale = -grad_out2 * out2 - dlogdet
+        grad_raw = grad_log_scale * (1 - squashed**2)
+        return rebuilt, grad_in, torch.cat([grad_raw, grad_shift], dim=1)

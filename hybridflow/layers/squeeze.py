@@ -1,0 +1,94 @@
+"""Space-to-depth squeezing of sequences, images and volumes."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from hybridflow.autograd.checks import check_finite
+from hybridflow.autograd.module import InvertibleModule, Reconstruction
+
+__all__ = ["Squeeze"]
+
+
+class Squeeze(InvertibleModule):
+    r"""Space-to-depth: ``(B, C, *S)`` to ``(B, C f^d, *S/f)`` for ``d`` spatial dimensions.
+
+    Each block of :math:`f^d` neighbouring positions becomes :math:`f^d` channels (channel
+    ``c f^d + k`` holds offset ``k`` of channel ``c``). A permutation: logdet 0.
+    Works for sequences ``(B, C, L)``, images ``(B, C, H, W)`` and volumes ``(B, C, D, H, W)``.
+
+    Args:
+        factor: the block side ``f``; every spatial size must be divisible by it.
+
+    References:
+        Dinh et al., "Density estimation using Real NVP", 2017.
+    """
+
+    def __init__(self, factor: int = 2) -> None:
+        super().__init__()
+        if not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"Squeeze: factor must be a positive int, got {factor!r}")
+        self.factor = factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+    def _check(self, x: Tensor, cond: Tensor | None, where: str) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() not in (3, 4, 5):
+            raise ValueError(
+                f"{where}: expected (B, C, L), (B, C, H, W) or (B, C, D, H, W), got shape "
+                f"{tuple(x.shape)}"
+            )
+
+    def squeeze(self, x: Tensor) -> Tensor:
+        f, d = self.factor, x.dim() - 2
+        b, c, *sizes = x.shape
+        if any(s % f for s in sizes):
+            raise ValueError(
+                f"Squeeze: spatial sizes {tuple(sizes)} are not divisible by factor {f}"
+            )
+        split = [b, c]
+        for s in sizes:
+            split += [s // f, f]
+        x = x.reshape(split)
+        # (B, C, S1/f, f, S2/f, f, ...) -> (B, C, f, f, ..., S1/f, S2/f, ...)
+        order = [0, 1, *range(3, 3 + 2 * d, 2), *range(2, 2 + 2 * d, 2)]
+        return x.permute(order).reshape(b, c * f**d, *(s // f for s in sizes))
+
+    def unsqueeze(self, y: Tensor) -> Tensor:
+        f, d = self.factor, y.dim() - 2
+        b, c, *sizes = y.shape
+        if c % f**d:
+            raise ValueError(
+                f"Squeeze.inverse: {c} channels are not divisible by factor**{d} = {f**d}"
+            )
+        y = y.reshape(b, c // f**d, *([f] * d), *sizes)
+        # (B, C, f, ..., S1, ...) -> (B, C, S1, f, S2, f, ...)
+        order = [0, 1]
+        for i in range(d):
+            order += [2 + d + i, 2 + i]
+        return y.permute(order).reshape(b, c // f**d, *(s * f for s in sizes))
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(x, cond, "Squeeze")
+        return self.squeeze(x), x.new_zeros(x.shape[0])
+
+    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        self._check(y, cond, "Squeeze.inverse")
+        check_finite(y, "Squeeze.inverse")
+        return self.unsqueeze(y), y.new_zeros(y.shape[0])
+
+    def reconstruct_vjp(
+        self,
+        output: Tensor,
+        grad_output: Tensor,
+        grad_logdet: Tensor,
+        cond: Tensor | None = None,
+        *,
+        inverse: bool = False,
+    ) -> Reconstruction:
+        """Hand-written rule: a permutation's VJP is its inverse applied to the gradient."""
+        undo = self.squeeze if inverse else self.unsqueeze
+        return Reconstruction(undo(output), undo(grad_output), None, ())
