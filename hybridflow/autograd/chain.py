@@ -196,7 +196,7 @@ class Chain(InvertibleModule):
                     grad_cond = (
                         result.grad_cond if grad_cond is None else grad_cond + result.grad_cond
                     )
-                for param, grad in zip(layer.parameters(), result.grad_params):
+                for param, grad in zip(layer.parameters(), result.grad_params, strict=True):
                     if grad is not None:
                         k = position[id(param)]
                         grad_params[k] = grad if grad_params[k] is None else grad_params[k] + grad
@@ -229,6 +229,6 @@ def _rollback_data_init_on_error(chain: Chain) -> Iterator[None]:
         yield
     except BaseException:
         with torch.no_grad():
-            for module, snapshot in zip(pending, snapshots):
+            for module, snapshot in zip(pending, snapshots, strict=True):
                 module.load_state_dict(snapshot)
         raise

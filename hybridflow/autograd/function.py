@@ -61,7 +61,7 @@ class ReconstructingFunction(torch.autograd.Function):
         saved = ctx.saved_tensors
         y = saved[0]
         cond = saved[1] if ctx.has_cond else None
-        anchors = dict(zip(ctx.anchor_positions, saved[1 + ctx.has_cond :]))
+        anchors = dict(zip(ctx.anchor_positions, saved[1 + ctx.has_cond :], strict=True))
         if cond is not None:
             cond = cond.detach().requires_grad_(ctx.needs_input_grad[_COND])
         with ctx.replay.autocast_state():
@@ -77,6 +77,6 @@ class ReconstructingFunction(torch.autograd.Function):
         grad_x = result.grad_input if ctx.needs_input_grad[_X] else None
         grad_params = tuple(
             g if needed else None
-            for g, needed in zip(result.grad_params, ctx.needs_input_grad[_PARAMS:])
+            for g, needed in zip(result.grad_params, ctx.needs_input_grad[_PARAMS:], strict=True)
         )
         return (None, None, grad_x, result.grad_cond, *grad_params)

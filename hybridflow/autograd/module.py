@@ -115,7 +115,7 @@ def vjp_wrt(
     trainable = [i for i, p in enumerate(params) if p.requires_grad]
     wants_cond = cond is not None and cond.requires_grad
     targets = [input, *([cond] if wants_cond else []), *(params[i] for i in trainable)]
-    pairs = [(o, g) for o, g in zip(outputs, grad_outputs) if o.requires_grad]
+    pairs = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if o.requires_grad]
     if pairs:
         grads = torch.autograd.grad(
             [o for o, _ in pairs], targets, [g for _, g in pairs], allow_unused=True

@@ -125,5 +125,5 @@ class InvConv1x1(InvertibleModule):
         grads = torch.autograd.grad(
             (matrix, logdet), trainable, (grad_matrix, grad_logdet_total), allow_unused=True
         )
-        by_param = dict(zip(map(id, trainable), grads))
+        by_param = dict(zip(map(id, trainable), grads, strict=True))
         return Reconstruction(rebuilt, grad_input, None, tuple(by_param.get(id(p)) for p in params))
