@@ -9,6 +9,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from hybridflow.autograd.aliases import parameter_aliases
 from hybridflow.autograd.checks import check_finite, inside_chain, is_inside_chain
 from hybridflow.autograd.function import ReconstructingFunction
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
@@ -189,14 +190,19 @@ class Chain(InvertibleModule):
             for count in range(len(steps), 0, -1):
                 index, layer = steps[count - 1]
                 h = anchors.get(count, h)
-                with replay.layer(index), _named_errors(self, index, layer):
+                layer_params = tuple(layer.parameters())
+                with (
+                    replay.layer(index),
+                    _named_errors(self, index, layer),
+                    parameter_aliases(layer),
+                ):
                     result = layer.reconstruct_vjp(h, grad_h, grad_logdet, cond, inverse=inverse)
                 h, grad_h = result.input, result.grad_input
                 if result.grad_cond is not None:
                     grad_cond = (
                         result.grad_cond if grad_cond is None else grad_cond + result.grad_cond
                     )
-                for param, grad in zip(layer.parameters(), result.grad_params, strict=True):
+                for param, grad in zip(layer_params, result.grad_params, strict=True):
                     if grad is not None:
                         k = position[id(param)]
                         grad_params[k] = grad if grad_params[k] is None else grad_params[k] + grad

@@ -101,31 +101,42 @@ class InvertibleModule(nn.Module):
 def vjp_wrt(
     outputs: Sequence[Tensor],
     grad_outputs: Sequence[Tensor],
-    input: Tensor,
+    input: Tensor | None,
     cond: Tensor | None,
     module: nn.Module,
 ) -> Reconstruction:
     """Vector-Jacobian product of ``outputs`` with respect to ``input``, ``cond`` and the
     trainable parameters of ``module``, packed as a :class:`Reconstruction`.
 
-    ``input`` must be a tensor that requires grad and from which ``outputs`` were computed;
-    outputs that do not depend on anything differentiable are skipped.
+    ``input`` is the tensor (requiring grad) that ``outputs`` were computed from, or ``None``
+    when only the condition and the parameters matter (then ``input`` and ``grad_input`` of the
+    result are ``None``). Outputs that depend on nothing differentiable are skipped.
     """
     params = tuple(module.parameters())
     trainable = [i for i, p in enumerate(params) if p.requires_grad]
+    wants_input = input is not None and input.requires_grad
     wants_cond = cond is not None and cond.requires_grad
-    targets = [input, *([cond] if wants_cond else []), *(params[i] for i in trainable)]
+    targets = [
+        *([input] if wants_input else []),
+        *([cond] if wants_cond else []),
+        *(params[i] for i in trainable),
+    ]
     pairs = [(o, g) for o, g in zip(outputs, grad_outputs, strict=True) if o.requires_grad]
-    if pairs:
-        grads = torch.autograd.grad(
-            [o for o, _ in pairs], targets, [g for _, g in pairs], allow_unused=True
+    if pairs and targets:
+        grads = list(
+            torch.autograd.grad(
+                [o for o, _ in pairs], targets, [g for _, g in pairs], allow_unused=True
+            )
         )
     else:
-        grads = (None,) * len(targets)
-    grad_input = grads[0] if grads[0] is not None else torch.zeros_like(input)
-    grad_cond = grads[1] if wants_cond else None
-    offset = 2 if wants_cond else 1
+        grads = [None] * len(targets)
+    grad_input = grads.pop(0) if wants_input else None
+    if input is not None and grad_input is None:
+        grad_input = torch.zeros_like(input)
+    grad_cond = grads.pop(0) if wants_cond else None
     grad_params: list[Tensor | None] = [None] * len(params)
-    for k, i in enumerate(trainable):
-        grad_params[i] = grads[offset + k]
-    return Reconstruction(input.detach(), grad_input, grad_cond, tuple(grad_params))
+    for i, grad in zip(trainable, grads, strict=True):
+        grad_params[i] = grad
+    return Reconstruction(
+        None if input is None else input.detach(), grad_input, grad_cond, tuple(grad_params)
+    )
