@@ -87,17 +87,17 @@ class Chain(InvertibleModule):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with _rollback_data_init_on_error(self):
-            return self._apply(x, cond, inverse=False)
+            return self._pass(x, cond, inverse=False)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_finite(y, "Chain.inverse")
-        return self._apply(y, cond, inverse=True)
+        return self._pass(y, cond, inverse=True)
 
     @property
     def takes_condition(self) -> bool:
         return any(layer.takes_condition for layer in self)
 
-    def _apply(self, h: Tensor, cond: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _pass(self, h: Tensor, cond: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         if not isinstance(h, Tensor):
             raise TypeError(f"Chain: expected a torch.Tensor input, got {type(h).__name__}")
         if cond is not None and not self.takes_condition and not is_inside_chain():
