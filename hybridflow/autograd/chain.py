@@ -13,7 +13,7 @@ from hybridflow.autograd.aliases import parameter_aliases
 from hybridflow.autograd.checks import check_finite, inside_chain, is_inside_chain
 from hybridflow.autograd.function import ReconstructingFunction
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
-from hybridflow.autograd.replay import ReplayState
+from hybridflow.autograd.replay import ReplayState, is_replaying
 
 __all__ = ["Chain", "Mode"]
 
@@ -31,13 +31,16 @@ class Chain(InvertibleModule):
             optional anchors for backward and rebuilds each layer's input by inversion while
             back-propagating: memory for backward does not grow with depth. ``"store"`` is plain
             autograd: every layer's activations are kept, as in ``nn.Sequential``. A chain nested
-            in an ``"invert"`` chain is reconstructed with it, whatever its own mode.
+            in an ``"invert"`` chain is reconstructed with it, whatever its own mode. Under
+            ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jacfwd``), which cannot
+            pass through the reconstructing Function, an ``"invert"`` chain runs as ``"store"``.
         anchor_every: in ``"invert"`` mode, also keep the activation after every ``m``-th layer,
             and restart the reconstruction from it. This bounds the float32 drift that inversion
             accumulates over depth, at the memory of ``len(self) // m`` activations.
-        preserve_rng_state: give each layer a reproducible random stream (seeded once per call),
-            so that random layers (dropout in a conditioner) draw the same numbers when re-run
-            during backward. Costs one integer per call; disable only for deterministic layers.
+        preserve_rng_state: in ``"invert"`` mode, give each layer a reproducible random stream
+            (seeded once per call), so that random layers (dropout in a conditioner) draw the
+            same numbers when re-run during backward. Costs one integer per call; disable only
+            for deterministic layers. ``"store"`` mode draws exactly as ``nn.Sequential``.
 
     Example:
         >>> import torch, hybridflow as hf
@@ -111,10 +114,26 @@ class Chain(InvertibleModule):
             or (cond is not None and cond.requires_grad)
             or any(p.requires_grad for p in params)
         )
+        # An invert-mode chain seeds its layers whether or not it records a graph, so its
+        # random numbers do not depend on the grad mode; so does a chain nested in a
+        # reconstructing pass (Chain.reconstruct_vjp re-runs it that way). A store-mode chain
+        # draws exactly as nn.Sequential does.
+        seeded = self._seeds_layers()
         if self.mode == "invert" and differentiable and len(self.layers) > 0:
-            return ReconstructingFunction.apply(self, inverse, h, cond, *params)
-        replay = ReplayState.capture(h.device, self.preserve_rng_state)
+            try:
+                return ReconstructingFunction.apply(self, inverse, h, cond, *params)
+            except RuntimeError as error:
+                # torch.func transforms (vmap, grad, jacrev, jacfwd) refuse this Function
+                # before running anything; the chain then runs as plain autograd (store mode),
+                # without seeding (random draws under vmap must come from the transform).
+                if "functorch" not in str(error):
+                    raise
+                seeded = is_replaying()
+        replay = ReplayState.capture(h.device, seeded)
         return self._run_layers(h, cond, inverse=inverse, replay=replay)
+
+    def _seeds_layers(self) -> bool:
+        return self.preserve_rng_state and (self.mode == "invert" or is_replaying())
 
     def _steps(self, inverse: bool) -> list[tuple[int, InvertibleModule]]:
         """Layers in the order the pass applies them."""
@@ -137,7 +156,7 @@ class Chain(InvertibleModule):
         """
         logdet = h.new_zeros(h.shape[0])
         steps = self._steps(inverse)
-        with inside_chain():
+        with inside_chain(), replay.layers():
             for count, (index, layer) in enumerate(steps, start=1):
                 with replay.layer(index), _named_errors(self, index, layer):
                     h, layer_logdet = layer.inverse(h, cond) if inverse else layer(h, cond)
@@ -159,7 +178,7 @@ class Chain(InvertibleModule):
         inverse: bool = False,
     ) -> Reconstruction:
         """Reconstruct through every layer (used when this chain is nested in another)."""
-        replay = ReplayState.capture(output.device, self.preserve_rng_state)
+        replay = ReplayState.capture(output.device, self._seeds_layers())
         return self._reconstruct_layers(
             output, grad_output, grad_logdet, cond, inverse=inverse, replay=replay, anchors={}
         )
@@ -186,7 +205,7 @@ class Chain(InvertibleModule):
         grad_cond: Tensor | None = None
         h, grad_h = output, grad_output
         steps = self._steps(inverse)
-        with inside_chain():
+        with inside_chain(), replay.layers():
             for count in range(len(steps), 0, -1):
                 index, layer = steps[count - 1]
                 h = anchors.get(count, h)

@@ -41,7 +41,7 @@ class ReconstructingFunction(torch.autograd.Function):
         cond: Tensor | None,
         *params: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        replay = ReplayState.capture(x.device, chain.preserve_rng_state)
+        replay = ReplayState.capture(x.device, chain._seeds_layers())
         anchors: dict[int, Tensor] = {}
         with torch.no_grad():
             y, logdet = chain._run_layers(x, cond, inverse=inverse, replay=replay, anchors=anchors)

@@ -4,11 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ReplayState"]
+__all__ = ["ReplayState", "is_replaying", "replaying"]
+
+# True while a chain runs its layers with seeded streams (forward or reconstruction). Chains
+# nested in it then seed their own layers too, the same way in both passes.
+_REPLAYING: ContextVar[bool] = ContextVar("hybridflow_replaying", default=False)
+
+
+@contextmanager
+def replaying() -> Iterator[None]:
+    """Mark the enclosed code as running inside a seeded chain."""
+    token = _REPLAYING.set(True)
+    try:
+        yield
+    finally:
+        _REPLAYING.reset(token)
+
+
+def is_replaying() -> bool:
+    """Whether the caller runs inside a seeded chain."""
+    return _REPLAYING.get()
+
 
 # Odd 64-bit constant (golden ratio) that spreads per-layer seeds far apart, so that layer i of
 # one call and layer j of another never share a random stream.
@@ -40,6 +61,15 @@ class ReplayState:
             (t, torch.is_autocast_enabled(t), torch.get_autocast_dtype(t)) for t in device_types
         )
         return cls(seed, device, autocast)
+
+    @contextmanager
+    def layers(self) -> Iterator[None]:
+        """Enclose a chain's run over its layers (marks it as seeded when it is)."""
+        if self.seed is None:
+            yield
+            return
+        with replaying():
+            yield
 
     @contextmanager
     def layer(self, index: int) -> Iterator[None]:
