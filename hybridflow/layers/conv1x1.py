@@ -14,10 +14,20 @@ __all__ = ["InvConv1x1"]
 
 
 def _mix(matrix: Tensor, x: Tensor) -> Tensor:
-    """Apply ``matrix`` ``(C, C)`` to the channels of ``x`` ``(B, C, ...)``."""
-    if x.dim() == 2:
-        return x @ matrix.T
-    return (matrix @ x.reshape(x.shape[0], x.shape[1], -1)).reshape(x.shape)
+    """Apply ``matrix`` ``(C, C)`` to the channels of ``x`` ``(B, C, ...)``.
+
+    Computed in at least float32 and outside autocast, whatever the input's precision: a
+    channel mixing rounded to bfloat16 or float16 cannot be undone accurately by its inverse.
+    The result has ``x``'s dtype.
+    """
+    compute = torch.promote_types(x.dtype, torch.float32)
+    with torch.autocast(x.device.type, enabled=False):
+        m, v = matrix.to(compute), x.to(compute)
+        if x.dim() == 2:
+            out = v @ m.T
+        else:
+            out = (m @ v.reshape(x.shape[0], x.shape[1], -1)).reshape(x.shape)
+    return out.to(x.dtype)
 
 
 def _outer_sum(a: Tensor, b: Tensor) -> Tensor:
@@ -71,29 +81,31 @@ class InvConv1x1(InvertibleModule):
         return lower, upper
 
     def weight(self) -> Tensor:
-        """The mixing matrix ``W``."""
-        lower, upper = self._factors()
-        return self.permutation @ lower @ upper
+        """The mixing matrix ``W`` (in the parameters' precision, even under autocast)."""
+        with torch.autocast(self.lower.device.type, enabled=False):
+            lower, upper = self._factors()
+            return self.permutation @ lower @ upper
 
     def inverse_weight(self) -> Tensor:
-        r""":math:`W^{-1} = U^{-1} L^{-1} P^T`, by triangular solves."""
-        lower, upper = self._factors()
-        lower_inv = torch.linalg.solve_triangular(
-            lower, self.identity, upper=False, unitriangular=True
-        )
-        return torch.linalg.solve_triangular(upper, lower_inv @ self.permutation.T, upper=True)
+        r""":math:`W^{-1} = U^{-1} L^{-1} P^T`, by triangular solves (never under autocast)."""
+        with torch.autocast(self.lower.device.type, enabled=False):
+            lower, upper = self._factors()
+            lower_inv = torch.linalg.solve_triangular(
+                lower, self.identity, upper=False, unitriangular=True
+            )
+            return torch.linalg.solve_triangular(upper, lower_inv @ self.permutation.T, upper=True)
 
     def _logdet(self, x: Tensor, sign: float) -> Tensor:
         return (sign * math.prod(x.shape[2:]) * self.log_diag.sum()).expand(x.shape[0])
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_input(x, "InvConv1x1", self.num_features, None)
-        return _mix(self.weight().to(x.dtype), x), self._logdet(x, 1.0)
+        return _mix(self.weight(), x), self._logdet(x, 1.0)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_input(y, "InvConv1x1.inverse", self.num_features, None)
         check_finite(y, "InvConv1x1.inverse")
-        return _mix(self.inverse_weight().to(y.dtype), y), self._logdet(y, -1.0)
+        return _mix(self.inverse_weight(), y), self._logdet(y, -1.0)
 
     def reconstruct_vjp(
         self,
@@ -116,11 +128,12 @@ class InvConv1x1(InvertibleModule):
             logdet = (-1.0 if inverse else 1.0) * self.log_diag.sum()
         with torch.no_grad():
             undo = self.weight() if inverse else self.inverse_weight()
-            rebuilt = _mix(undo.to(output.dtype), output)
-            grad_input = _mix(matrix.detach().T.to(output.dtype), grad_output)
+            rebuilt = _mix(undo, output)
+            grad_input = _mix(matrix.detach().T, grad_output)
         if not trainable:
             return Reconstruction(rebuilt, grad_input, None, (None,) * len(params))
-        grad_matrix = _outer_sum(grad_output, rebuilt).to(matrix.dtype)
+        with torch.autocast(output.device.type, enabled=False):
+            grad_matrix = _outer_sum(grad_output.to(matrix.dtype), rebuilt.to(matrix.dtype))
         grad_logdet_total = (math.prod(output.shape[2:]) * grad_logdet.sum()).to(matrix.dtype)
         grads = torch.autograd.grad(
             (matrix, logdet), trainable, (grad_matrix, grad_logdet_total), allow_unused=True

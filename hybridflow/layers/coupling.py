@@ -90,12 +90,19 @@ class CouplingLayer(InvertibleModule):
         check_condition(cond, x, where, self.cond_features)
 
     def _condition(self, x1: Tensor, cond: Tensor | None) -> Tensor:
-        """Conditioner output ``h`` for the pass-through half (and the condition)."""
+        """Conditioner output ``h`` for the pass-through half (and the condition).
+
+        ``h`` is returned in ``x1``'s dtype: under autocast the conditioner may compute in
+        bfloat16/float16, but the elementwise map and its log determinant stay in the flow's
+        precision, so that the inverse undoes the forward accurately.
+        """
         if cond is None or self.cond_features == 0:
-            return self.conditioner(x1)
-        if cond.dim() == 2 and x1.dim() > 2:
-            cond = cond.view(*cond.shape, *([1] * (x1.dim() - 2))).expand(-1, -1, *x1.shape[2:])
-        return self.conditioner(torch.cat([x1, cond], dim=1))
+            h = self.conditioner(x1)
+        else:
+            if cond.dim() == 2 and x1.dim() > 2:
+                cond = cond.view(*cond.shape, *([1] * (x1.dim() - 2))).expand(-1, -1, *x1.shape[2:])
+            h = self.conditioner(torch.cat([x1, cond], dim=1))
+        return h.to(x1.dtype)
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return x[:, : self.split_size], x[:, self.split_size :]
