@@ -316,12 +316,16 @@ def test_actnorm_initialises_once_and_never_during_reconstruction():
             assert torch.equal(before, p.detach())
 
 
-def test_double_backward_raises_a_clear_error():
+@pytest.mark.parametrize("loss", [flow_loss, lambda y, logdet: y.sum()])
+def test_double_backward_raises_a_clear_error(loss):
     chain = glow_chain(4, 2, "invert", spatial_dims=0)
     x = torch.randn(3, 4, requires_grad=True)
-    (grad,) = torch.autograd.grad(flow_loss(*chain(x)), x, create_graph=True)
-    with pytest.raises(RuntimeError, match=r"once_differentiable|twice"):
-        grad.sum().backward()
+    # also when the incoming gradient is a constant (sum), where once_differentiable is silent
+    with pytest.raises(RuntimeError, match=r"double backward.*mode='store'"):
+        torch.autograd.grad(loss(*chain(x)), x, create_graph=True)
+    store = glow_chain(4, 2, "store", spatial_dims=0)
+    (grad,) = torch.autograd.grad(loss(*store(x)), x, create_graph=True)
+    grad.pow(2).sum().backward()  # store mode differentiates twice
 
 
 def test_state_dict_round_trip_keeps_actnorm_flag():

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from hybridflow.autograd.replay import ReplayState
 
@@ -28,8 +27,11 @@ class ReconstructingFunction(torch.autograd.Function):
     gradients (:meth:`~hybridflow.InvertibleModule.reconstruct_vjp`). The chain's parameters are
     inputs of this Function, so their gradients reach autograd as ordinary leaf gradients.
 
-    Double backward is not supported (``once_differentiable``): differentiating the gradients
-    raises an error rather than returning wrong values.
+    Double backward is not supported: a backward asked to build a graph of the gradient
+    (``create_graph=True``) raises at once, rather than returning a gradient that later
+    differentiation would treat as a constant. (``once_differentiable`` only raises when the
+    incoming gradient itself requires grad, so ``grad(sum(y), x, create_graph=True)`` would
+    slip through it.)
     """
 
     @staticmethod
@@ -56,8 +58,13 @@ class ReconstructingFunction(torch.autograd.Function):
         return y, logdet
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_y: Tensor, grad_logdet: Tensor) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "hybridflow: double backward (create_graph=True) through an invert-mode Chain "
+                "is not supported; run that chain with mode='store' to differentiate its "
+                "gradients"
+            )
         saved = ctx.saved_tensors
         y = saved[0]
         cond = saved[1] if ctx.has_cond else None
