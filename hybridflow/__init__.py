@@ -3,6 +3,7 @@
 from hybridflow import layers, operators, testing
 from hybridflow.autograd import Chain, InvertibleModule, Mode, Reconstruction
 from hybridflow.operators import LinearOperator, Operator
+from hybridflow.serialization import load, load_state_dict, save
 
 __all__ = [
     "Chain",
@@ -12,7 +13,10 @@ __all__ = [
     "Operator",
     "Reconstruction",
     "layers",
+    "load",
+    "load_state_dict",
     "operators",
+    "save",
     "testing",
 ]
 

@@ -75,6 +75,14 @@ class Chain(InvertibleModule):
         self.anchor_every = anchor_every
         self.preserve_rng_state = preserve_rng_state
 
+    def config_arguments(self) -> dict[str, object]:
+        return {
+            "modules": list(self.layers),
+            "mode": self.mode,
+            "anchor_every": self.anchor_every,
+            "preserve_rng_state": self.preserve_rng_state,
+        }
+
     def __len__(self) -> int:
         return len(self.layers)
 

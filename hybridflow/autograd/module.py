@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from hybridflow.config import Configurable
+
 __all__ = ["InvertibleModule", "Reconstruction", "vjp_wrt"]
 
 
@@ -29,7 +31,7 @@ class Reconstruction(NamedTuple):
     grad_params: tuple[Tensor | None, ...]
 
 
-class InvertibleModule(nn.Module):
+class InvertibleModule(nn.Module, Configurable):
     r"""Base class of every invertible block.
 
     Contract (every subclass MUST keep it):
@@ -44,6 +46,9 @@ class InvertibleModule(nn.Module):
     * Both always return a pair, whatever the flags; neither mutates its inputs.
     * Shape mistakes (rank, channels, missing or mismatched condition) raise ``ValueError`` or
       ``TypeError`` naming the layer, before any state changes.
+
+    Every subclass is :class:`~hybridflow.config.Configurable`: its constructor arguments are
+    recorded so that a model saves as plain data (:func:`hybridflow.save`).
 
     A subclass MAY override :meth:`reconstruct_vjp` with a hand-written rule that shares work
     between inversion and the vector-Jacobian product (VJP); otherwise the generic rule below

@@ -56,8 +56,25 @@ class ActNorm(InvertibleModule):
 
     @torch.no_grad()
     def _initialize(self, x: Tensor) -> None:
-        mean = reduce_except_channels(x, torch.mean)
-        var = reduce_except_channels((x - channel_view(mean, x)) ** 2, torch.mean)
+        """Set ``s, b`` from the batch's per-channel mean and standard deviation. Under
+        ``torch.distributed`` the statistics are those of all ranks' batches together, so
+        every rank starts from the same parameters (as DDP requires)."""
+        x64 = x.detach().double()
+        count = torch.tensor([x64.numel() / x64.shape[1]], dtype=torch.float64, device=x.device)
+        stats = torch.cat(
+            [
+                reduce_except_channels(x64, torch.sum),
+                reduce_except_channels(x64**2, torch.sum),
+                count,
+            ]
+        )
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stats)
+        channels = self.num_features
+        total = stats[-1]
+        mean = stats[:channels] / total
+        var = (stats[channels : 2 * channels] / total - mean**2).clamp_min(0)
+        mean, var = mean.to(x.dtype), var.to(x.dtype)
         log_scale = -torch.log(var.sqrt().clamp_min(self.eps))
         self.log_scale.copy_(log_scale)
         self.bias.copy_(-mean * log_scale.exp())

@@ -1,0 +1,146 @@
+"""Plain-data configs of modules: what rebuilds a model, with no code and no pickles."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, ClassVar
+
+from torch import nn
+
+__all__ = ["Configurable", "from_config", "get_config", "registered_classes"]
+
+_REGISTRY: dict[str, type] = {}
+_PRIMITIVES = (type(None), bool, int, float, str)
+
+
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Configurable:
+    """Mixin that records a module's constructor arguments as plain data.
+
+    Every subclass is registered under ``module.QualifiedName`` when it is defined, and the
+    arguments of the outermost constructor call are recorded. :func:`get_config` turns them
+    into JSON-ready data (numbers, strings, lists, dicts and nested configs of configurable
+    modules); :func:`from_config` rebuilds the module from a registered class, so loading a
+    model never imports or executes anything named by the file. Subclasses whose state can
+    change after construction (``Chain.mode``) override :meth:`config_arguments`.
+    """
+
+    _config_name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._config_name = _class_name(cls)
+        _REGISTRY[cls._config_name] = cls
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self: Any, *args: Any, **kw: Any) -> None:
+            if "_config_arguments" not in self.__dict__:  # the outermost constructor call
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                arguments = dict(bound.arguments)
+                arguments.pop(next(iter(signature.parameters)))  # self
+                object.__setattr__(self, "_config_arguments", arguments)
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init  # type: ignore[method-assign]
+
+    def config_arguments(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this module as it is now."""
+        return dict(self.__dict__.get("_config_arguments", {}))
+
+
+def registered_classes() -> dict[str, type]:
+    """The configurable classes that :func:`from_config` may build, by name."""
+    return dict(_REGISTRY)
+
+
+def _to_data(value: Any, where: str) -> Any:
+    if isinstance(value, _PRIMITIVES):
+        return value
+    if isinstance(value, Configurable):
+        return get_config(value)
+    if isinstance(value, list | tuple):
+        return [_to_data(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _to_data(v, f"{where}[{k!r}]") for k, v in value.items()}
+    raise TypeError(
+        f"{where} is a {type(value).__name__}, which a config cannot hold (only numbers, "
+        "strings, lists, dicts and configurable hybridflow modules); save the state_dict and "
+        "rebuild the model in code instead"
+    )
+
+
+def get_config(module: nn.Module) -> dict[str, Any]:
+    """``{"class": name, "arguments": {...}}`` of a configurable module, as plain data."""
+    if not isinstance(module, Configurable):
+        raise TypeError(
+            f"{type(module).__name__} is not a configurable hybridflow module; only those can "
+            "be saved as a config"
+        )
+    name = type(module)._config_name
+    arguments = {
+        key: _to_data(value, f"{type(module).__name__} argument {key!r}")
+        for key, value in module.config_arguments().items()
+    }
+    return {"class": name, "arguments": arguments}
+
+
+def _is_config(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"class", "arguments"}
+
+
+def _from_data(value: Any) -> Any:
+    if _is_config(value):
+        return from_config(value)
+    if isinstance(value, list):
+        return [_from_data(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _from_data(v) for k, v in value.items()}
+    return value
+
+
+def from_config(config: dict[str, Any]) -> nn.Module:
+    """Build a module from :func:`get_config`'s output, using registered classes only."""
+    if not _is_config(config):
+        raise ValueError(f"not a module config (expected keys 'class' and 'arguments'): {config!r}")
+    name = config["class"]
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(
+            f"unknown module class {name!r}: import the module that defines it before loading "
+            "(classes are never imported from a file's contents)"
+        )
+    arguments = {k: _from_data(v) for k, v in config["arguments"].items()}
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    kinds = [p.kind for p in parameters]
+    # parameters before a *args must be passed by position
+    by_position = (
+        kinds.index(inspect.Parameter.VAR_POSITIONAL)
+        if (inspect.Parameter.VAR_POSITIONAL in kinds)
+        else 0
+    )
+    positional: list[Any] = []
+    keywords: dict[str, Any] = {}
+    for index, parameter in enumerate(parameters):
+        if parameter.name not in arguments:
+            continue
+        value = arguments.pop(parameter.name)
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            positional.extend(value)
+        elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            keywords.update(value)
+        elif parameter.kind is inspect.Parameter.POSITIONAL_ONLY or index < by_position:
+            positional.append(value)
+        else:
+            keywords[parameter.name] = value
+    if arguments:
+        raise ValueError(f"config of {name} has unknown arguments {sorted(arguments)}")
+    return cls(*positional, **keywords)
