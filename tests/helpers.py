@@ -54,7 +54,7 @@ def glow_chain(
             p.add_(perturb * torch.randn_like(p))
         for m in chain.modules():
             if isinstance(m, ActNorm):
-                m.initialized.fill_(True)
+                m.mark_initialized()
     return chain
 
 

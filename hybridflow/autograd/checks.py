@@ -4,36 +4,47 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 
 import torch
 from torch import Tensor
 
 __all__ = ["check_condition", "check_finite", "check_input", "inside_chain", "is_inside_chain"]
 
-# True while a chain runs its layers: the chain has already checked what entered it, so the
-# layers skip the full-tensor finiteness pass (one per layer would cost a device sync each).
-_INSIDE_CHAIN: ContextVar[bool] = ContextVar("hybridflow_inside_chain", default=False)
+
+class _ChainDepth:
+    """How many chains are running their layers right now (in this process).
+
+    While it is positive, the outermost chain has already checked what entered it, so layers
+    skip the full-tensor finiteness pass (one per layer would cost a device sync each). A plain
+    attribute rather than a ``ContextVar``: ``torch.compile`` traces attribute updates but
+    falls back to eager at ``ContextVar`` calls. Autograd runs a backward while the thread that
+    called it waits, so one counter per process is enough.
+    """
+
+    value = 0
+
+
+_DEPTH = _ChainDepth()
 
 
 @contextmanager
 def inside_chain() -> Iterator[None]:
     """Mark the enclosed calls as running inside a chain that validated its input."""
-    token = _INSIDE_CHAIN.set(True)
+    _DEPTH.value += 1
     try:
         yield
     finally:
-        _INSIDE_CHAIN.reset(token)
+        _DEPTH.value -= 1
 
 
 def is_inside_chain() -> bool:
     """Whether the caller runs as a layer of a chain (the chain validated the entry)."""
-    return _INSIDE_CHAIN.get()
+    return _DEPTH.value > 0
 
 
 def check_finite(tensor: Tensor, where: str) -> None:
     """Raise ``ValueError`` naming ``where`` if ``tensor`` has NaN or Inf entries."""
-    if _INSIDE_CHAIN.get() or torch.isfinite(tensor).all():
+    if is_inside_chain() or torch.isfinite(tensor).all():
         return
     bad = int((~torch.isfinite(tensor)).sum())
     raise ValueError(

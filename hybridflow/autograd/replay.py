@@ -4,31 +4,37 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 
 __all__ = ["ReplayState", "is_replaying", "replaying"]
 
-# True while a chain runs its layers with seeded streams (forward or reconstruction). Chains
-# nested in it then seed their own layers too, the same way in both passes.
-_REPLAYING: ContextVar[bool] = ContextVar("hybridflow_replaying", default=False)
+
+class _SeededDepth:
+    """How many seeded chains are running their layers (forward or reconstruction). Chains
+    nested in one then seed their own layers too, the same way in both passes. A plain
+    attribute for the reason given in ``checks._ChainDepth``."""
+
+    value = 0
+
+
+_SEEDED = _SeededDepth()
 
 
 @contextmanager
 def replaying() -> Iterator[None]:
     """Mark the enclosed code as running inside a seeded chain."""
-    token = _REPLAYING.set(True)
+    _SEEDED.value += 1
     try:
         yield
     finally:
-        _REPLAYING.reset(token)
+        _SEEDED.value -= 1
 
 
 def is_replaying() -> bool:
     """Whether the caller runs inside a seeded chain."""
-    return _REPLAYING.get()
+    return _SEEDED.value > 0
 
 
 # Odd 64-bit constant (golden ratio) that spreads per-layer seeds far apart, so that layer i of

@@ -42,10 +42,19 @@ class ActNorm(InvertibleModule):
         self.log_scale = nn.Parameter(torch.zeros(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.register_buffer("initialized", torch.tensor(False))
+        # Python mirror of the buffer: reading a tensor flag on every forward would break
+        # torch.compile graphs and, on a GPU, synchronise. It is synced on load_state_dict.
+        self._initialized = False
+        self.register_load_state_dict_post_hook(_sync_initialized_flag)
 
     @property
     def is_initialized(self) -> bool:
-        return bool(self.initialized)
+        return self._initialized
+
+    def mark_initialized(self, initialized: bool = True) -> None:
+        """Set the initialisation flag by hand (``True`` skips the data-dependent init)."""
+        self.initialized.fill_(initialized)
+        self._initialized = initialized
 
     def extra_repr(self) -> str:
         return f"{self.num_features}"
@@ -78,7 +87,7 @@ class ActNorm(InvertibleModule):
         log_scale = -torch.log(var.sqrt().clamp_min(self.eps))
         self.log_scale.copy_(log_scale)
         self.bias.copy_(-mean * log_scale.exp())
-        self.initialized.fill_(True)
+        self.mark_initialized(True)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_input(x, "ActNorm", self.num_features, None)
@@ -129,3 +138,7 @@ class ActNorm(InvertibleModule):
             grad_bias if self.bias.requires_grad else None,
         )
         return Reconstruction(rebuilt, grad_input, None, grads)
+
+
+def _sync_initialized_flag(module: nn.Module, incompatible_keys: object) -> None:
+    module._initialized = bool(module.initialized)
