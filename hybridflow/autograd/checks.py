@@ -21,7 +21,8 @@ class _ChainDepth:
     called it waits, so one counter per process is enough.
     """
 
-    value = 0
+    def __init__(self) -> None:
+        self.value = 0
 
 
 _DEPTH = _ChainDepth()

@@ -16,7 +16,8 @@ class _SeededDepth:
     nested in one then seed their own layers too, the same way in both passes. A plain
     attribute for the reason given in ``checks._ChainDepth``."""
 
-    value = 0
+    def __init__(self) -> None:
+        self.value = 0
 
 
 _SEEDED = _SeededDepth()

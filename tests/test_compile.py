@@ -1,0 +1,69 @@
+"""torch.compile: compiled forward, inverse and training steps equal eager ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import flow_loss, glow_chain
+
+# aot_eager runs Dynamo's capture and AOTAutograd's tracing (where graph-capture bugs show)
+# without Inductor's code generation, which takes minutes on CPU; the benchmark
+# (benchmarks/compile_speed.py) measures Inductor itself.
+BACKEND = "aot_eager"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("mode", ["store", "invert"])
+def test_compiled_forward_and_inverse_equal_eager(mode):
+    chain = glow_chain(3, 2, mode, hidden=8, cond=2, squeeze=True)
+    x, cond = torch.randn(2, 3, 8, 8), torch.randn(2, 2, 4, 4)
+    forward = torch.compile(chain, backend=BACKEND)
+    inverse = torch.compile(chain.inverse, backend=BACKEND)
+    with torch.no_grad():
+        y, logdet = chain(x, cond)
+        y_c, logdet_c = forward(x, cond)
+        x_c, _ = inverse(y_c, cond)
+    torch.testing.assert_close(y_c, y)
+    torch.testing.assert_close(logdet_c, logdet)
+    torch.testing.assert_close(x_c, x, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["store", "invert"])
+def test_compiled_training_step_equals_eager(mode):
+    chains = [glow_chain(3, 2, mode, hidden=8, cond=2, squeeze=True) for _ in range(2)]
+    optimizers = [torch.optim.Adam(c.parameters(), lr=1e-2) for c in chains]
+    x, cond = torch.randn(2, 3, 8, 8), torch.randn(2, 2, 4, 4)
+
+    def step(chain, optimizer):
+        optimizer.zero_grad()
+        loss = flow_loss(*chain(x, cond))
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    compiled_step = torch.compile(step, backend=BACKEND)
+    for _ in range(3):
+        eager_loss = step(chains[0], optimizers[0])
+        compiled_loss = compiled_step(chains[1], optimizers[1])
+        torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
+    for a, b in zip(chains[0].parameters(), chains[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_store_mode_compiles_to_one_graph_and_invert_mode_breaks_are_counted():
+    x = torch.randn(2, 3, 8, 8)
+    counts = {}
+    for mode in ("store", "invert"):
+        chain = glow_chain(3, 2, mode, hidden=8, squeeze=True)
+        explanation = torch._dynamo.explain(lambda x, chain=chain: flow_loss(*chain(x)))(x)
+        counts[mode] = explanation.graph_break_count
+        torch._dynamo.reset()
+    assert counts["store"] == 0
+    # the reconstructing Function runs eagerly between compiled regions (seed draw, RNG fork)
+    assert counts["invert"] > 0
