@@ -376,3 +376,27 @@ def test_chain_moves_and_casts_like_any_module():
     assert x.grad.dtype == torch.float64
     chain.to(torch.float32)
     assert chain[1].log_scale.dtype == torch.float32
+
+
+@pytest.mark.parametrize("slices", [2, 3, 7])
+def test_micro_batched_reconstruction_gives_the_same_gradients(float64, slices):
+    results = {}
+    for name, kwargs in {"full": {}, "sliced": {"micro_batches": slices}}.items():
+        chain = glow_chain(3, 4, "invert", cond=2, squeeze=True, **kwargs)
+        x = torch.randn(5, 3, 4, 4, generator=torch.Generator().manual_seed(2), requires_grad=True)
+        c = torch.randn(5, 2, 2, 2, generator=torch.Generator().manual_seed(3), requires_grad=True)
+        loss = flow_loss(*chain(x, c))
+        results[name] = torch.autograd.grad(loss, [x, c, *chain.parameters()])
+    for a, b in zip(results["full"], results["sliced"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_micro_batching_refuses_batch_coupled_layers():
+    coupling = AffineCoupling(
+        4, subnet=lambda i, o: nn.Sequential(nn.Linear(i, 8), nn.BatchNorm1d(8), nn.Linear(8, o))
+    )
+    chain = hf.Chain(ActNorm(4), coupling, micro_batches=2)
+    with pytest.raises(ValueError, match=r"layers.1.conditioner.1 is a BatchNorm1d in training"):
+        chain(torch.randn(4, 4, requires_grad=True))
+    chain.eval()
+    chain(torch.randn(4, 4, requires_grad=True))[0].sum().backward()

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from hybridflow.autograd.aliases import parameter_aliases
 from hybridflow.autograd.checks import check_finite, inside_chain, is_inside_chain
 from hybridflow.autograd.function import ReconstructingFunction
+from hybridflow.autograd.microbatch import check_acts_per_sample, reconstruct_in_slices
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
 from hybridflow.autograd.replay import ReplayState, is_replaying
 
@@ -37,6 +38,12 @@ class Chain(InvertibleModule):
         anchor_every: in ``"invert"`` mode, also keep the activation after every ``m``-th layer,
             and restart the reconstruction from it. This bounds the float32 drift that inversion
             accumulates over depth, at the memory of ``len(self) // m`` activations.
+        micro_batches: in ``"invert"`` mode, run each layer's reconstruction on this many
+            slices of the batch, one after another. Invertible layers act on each sample alone,
+            so the gradients are the same, and the working set of one layer's backward (its
+            conditioner's activations) shrinks by this factor: it is what dominates peak
+            memory once activations are no longer stored. Refused, with an error naming the
+            module, for chains holding BatchNorm or Dropout in training mode.
         preserve_rng_state: in ``"invert"`` mode, give each layer a reproducible random stream
             (seeded once per call), so that random layers (dropout in a conditioner) draw the
             same numbers when re-run during backward. Costs one integer per call; disable only
@@ -56,6 +63,7 @@ class Chain(InvertibleModule):
         *modules: InvertibleModule,
         mode: Mode = "invert",
         anchor_every: int | None = None,
+        micro_batches: int = 1,
         preserve_rng_state: bool = True,
     ) -> None:
         super().__init__()
@@ -70,9 +78,12 @@ class Chain(InvertibleModule):
             raise ValueError(f"Chain: mode must be one of {get_args(Mode)}, got {mode!r}")
         if anchor_every is not None and (not isinstance(anchor_every, int) or anchor_every < 1):
             raise ValueError(f"Chain: anchor_every must be a positive int, got {anchor_every!r}")
+        if not isinstance(micro_batches, int) or micro_batches < 1:
+            raise ValueError(f"Chain: micro_batches must be a positive int, got {micro_batches!r}")
         self.layers = nn.ModuleList(modules)
         self.mode: Mode = mode
         self.anchor_every = anchor_every
+        self.micro_batches = micro_batches
         self.preserve_rng_state = preserve_rng_state
 
     def config_arguments(self) -> dict[str, object]:
@@ -80,6 +91,7 @@ class Chain(InvertibleModule):
             "modules": list(self.layers),
             "mode": self.mode,
             "anchor_every": self.anchor_every,
+            "micro_batches": self.micro_batches,
             "preserve_rng_state": self.preserve_rng_state,
         }
 
@@ -94,7 +106,8 @@ class Chain(InvertibleModule):
 
     def extra_repr(self) -> str:
         anchors = f", anchor_every={self.anchor_every}" if self.anchor_every else ""
-        return f"mode={self.mode!r}{anchors}"
+        slices = f", micro_batches={self.micro_batches}" if self.micro_batches > 1 else ""
+        return f"mode={self.mode!r}{anchors}{slices}"
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with _rollback_data_init_on_error(self):
@@ -128,6 +141,8 @@ class Chain(InvertibleModule):
         # draws exactly as nn.Sequential does.
         seeded = self._seeds_layers()
         if self.mode == "invert" and differentiable and len(self.layers) > 0:
+            if self.micro_batches > 1:
+                check_acts_per_sample(self, "Chain")
             try:
                 return ReconstructingFunction.apply(self, inverse, h, cond, *params)
             except RuntimeError as error:
@@ -223,7 +238,20 @@ class Chain(InvertibleModule):
                     _named_errors(self, index, layer),
                     parameter_aliases(layer),
                 ):
-                    result = layer.reconstruct_vjp(h, grad_h, grad_logdet, cond, inverse=inverse)
+                    if self.micro_batches > 1:
+                        result = reconstruct_in_slices(
+                            layer,
+                            h,
+                            grad_h,
+                            grad_logdet,
+                            cond,
+                            inverse=inverse,
+                            slices=self.micro_batches,
+                        )
+                    else:
+                        result = layer.reconstruct_vjp(
+                            h, grad_h, grad_logdet, cond, inverse=inverse
+                        )
                 h, grad_h = result.input, result.grad_input
                 if result.grad_cond is not None:
                     grad_cond = (

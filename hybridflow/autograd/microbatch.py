@@ -1,0 +1,93 @@
+"""Micro-batched reconstruction: a layer's backward run on slices of the batch."""
+
+from __future__ import annotations
+
+import itertools
+
+from torch import Tensor, nn
+
+from hybridflow.autograd.module import InvertibleModule, Reconstruction
+
+__all__ = ["check_acts_per_sample", "reconstruct_in_slices"]
+
+# Modules whose output for one sample depends on other samples (batch statistics) or whose
+# random draws depend on the batch shape: slicing the batch would change what they compute.
+_BATCH_COUPLED = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+
+
+def check_acts_per_sample(module: nn.Module, where: str) -> None:
+    """Raise ``ValueError`` if a submodule in training mode couples samples or draws random
+    numbers per batch (BatchNorm, Dropout): its backward cannot run on slices of the batch."""
+    for name, sub in module.named_modules():
+        if isinstance(sub, _BATCH_COUPLED) and sub.training:
+            raise ValueError(
+                f"{where}: micro-batched reconstruction needs layers that act on each sample "
+                f"alone, but {name or 'the module'} is a {type(sub).__name__} in training "
+                "mode; use micro_batches=1, or eval() mode, or a per-sample normalisation "
+                "(ActNorm, LayerNorm, GroupNorm)"
+            )
+
+
+def reconstruct_in_slices(
+    layer: InvertibleModule,
+    output: Tensor,
+    grad_output: Tensor,
+    grad_logdet: Tensor,
+    cond: Tensor | None,
+    *,
+    inverse: bool,
+    slices: int,
+) -> Reconstruction:
+    """``layer.reconstruct_vjp`` on ``slices`` slices of the batch, assembled.
+
+    Invertible layers act on each sample alone, so the rebuilt input and its gradient are
+    the slices' results side by side, the condition gradient likewise, and parameter
+    gradients are the sum over slices. Only one slice's working set (the conditioner's
+    activations, say) is alive at a time.
+    """
+    batch = output.shape[0]
+    bounds = [batch * k // slices for k in range(slices + 1)]
+    rebuilt = grad_input = grad_cond = None
+    grad_params: list[Tensor | None] | None = None
+    for start, stop in itertools.pairwise(bounds):
+        if start == stop:
+            continue
+        # each slice of the condition is a leaf of its own (slicing under no_grad would drop
+        # requires_grad), so the layer's rule returns its gradient
+        cond_part = None if cond is None else cond[start:stop].detach()
+        if cond_part is not None:
+            cond_part.requires_grad_(cond.requires_grad)
+        part = layer.reconstruct_vjp(
+            output[start:stop],
+            grad_output[start:stop],
+            grad_logdet[start:stop],
+            cond_part,
+            inverse=inverse,
+        )
+        if rebuilt is None:
+            rebuilt = part.input.new_empty((batch, *part.input.shape[1:]))
+            grad_input = part.grad_input.new_empty((batch, *part.grad_input.shape[1:]))
+            if part.grad_cond is not None:
+                grad_cond = part.grad_cond.new_zeros((batch, *part.grad_cond.shape[1:]))
+            grad_params = list(part.grad_params)
+        else:
+            grad_params = [
+                b if a is None else a if b is None else a + b
+                for a, b in zip(grad_params, part.grad_params, strict=True)
+            ]
+        rebuilt[start:stop] = part.input
+        grad_input[start:stop] = part.grad_input
+        if grad_cond is not None and part.grad_cond is not None:
+            grad_cond[start:stop] = part.grad_cond
+    return Reconstruction(rebuilt, grad_input, grad_cond, tuple(grad_params))
