@@ -76,9 +76,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     for repeat in range(args.repeats):
         for config in configs:
             key = (config["mode"], config["depth"], config["size"])
-            memory = run_child(Path(__file__), {**config, "measure": "memory"}, MEMORY_ENV)
-            timing = run_child(Path(__file__), {**config, "measure": "time"}, TIME_ENV)
-            result = {**memory, **timing}
+            result = {"peak_bytes": float("nan"), "seconds": float("nan")}
+            if args.measure in ("memory", "both"):
+                memory = run_child(Path(__file__), {**config, "measure": "memory"}, MEMORY_ENV)
+                result |= memory
+            if args.measure in ("time", "both"):
+                timing = run_child(Path(__file__), {**config, "measure": "time"}, TIME_ENV)
+                result |= timing
             samples.setdefault(key, []).append(result)
             print(
                 f"[{repeat + 1}/{args.repeats}] {key}: {result['peak_bytes'] / 2**20:.1f} MiB, "
@@ -177,6 +181,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, help="fresh processes per configuration")
     parser.add_argument("--timing-steps", type=int, default=3, help="timed steps per process")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument(
+        "--measure",
+        choices=["memory", "time", "both"],
+        default="both",
+        help="peak memory and/or time (each in its own fresh process)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
