@@ -1,16 +1,36 @@
 """Invertible layers, one family per module."""
 
 from hybridflow.layers.actnorm import ActNorm
+from hybridflow.layers.additive_coupling import AdditiveCoupling
 from hybridflow.layers.conditioners import Subnet, default_conditioner
 from hybridflow.layers.conv1x1 import InvConv1x1
 from hybridflow.layers.coupling import AffineCoupling, CouplingLayer
+from hybridflow.layers.elementwise import Affine, LeakyReLU
+from hybridflow.layers.haar import HaarSqueeze
+from hybridflow.layers.hint_coupling import HINTCoupling
+from hybridflow.layers.inverse import Inverse
+from hybridflow.layers.multiscale import ResizeCondition, Split
+from hybridflow.layers.permutation import Permute, Reverse
+from hybridflow.layers.spline_coupling import SplineCoupling, SplineKnots
 from hybridflow.layers.squeeze import Squeeze
 
 __all__ = [
     "ActNorm",
+    "AdditiveCoupling",
+    "Affine",
     "AffineCoupling",
     "CouplingLayer",
+    "HINTCoupling",
+    "HaarSqueeze",
     "InvConv1x1",
+    "Inverse",
+    "LeakyReLU",
+    "Permute",
+    "ResizeCondition",
+    "Reverse",
+    "SplineCoupling",
+    "SplineKnots",
+    "Split",
     "Squeeze",
     "Subnet",
     "default_conditioner",
