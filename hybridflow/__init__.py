@@ -1,6 +1,6 @@
 """hybridflow: invertible networks for PyTorch whose training memory does not grow with depth."""
 
-from hybridflow import layers, operators, testing
+from hybridflow import layers, networks, operators, testing
 from hybridflow.autograd import Chain, InvertibleModule, Mode, Reconstruction
 from hybridflow.operators import LinearOperator, Operator
 from hybridflow.serialization import load, load_state_dict, save
@@ -15,6 +15,7 @@ __all__ = [
     "layers",
     "load",
     "load_state_dict",
+    "networks",
     "operators",
     "save",
     "testing",
