@@ -1,24 +1,40 @@
 """hybridflow: invertible networks for PyTorch whose training memory does not grow with depth."""
 
-from hybridflow import layers, networks, operators, testing
+import importlib
+from typing import Any
+
+from hybridflow import distributions, layers, networks, operators, summary, testing
 from hybridflow.autograd import Chain, InvertibleModule, Mode, Reconstruction
+from hybridflow.distributions import ConditionalFlow, Flow
 from hybridflow.operators import LinearOperator, Operator
 from hybridflow.serialization import load, load_state_dict, save
 
 __all__ = [
     "Chain",
+    "ConditionalFlow",
+    "Flow",
     "InvertibleModule",
     "LinearOperator",
     "Mode",
     "Operator",
     "Reconstruction",
+    "distributions",
     "layers",
     "load",
     "load_state_dict",
     "networks",
     "operators",
     "save",
+    "sbi",
+    "summary",
     "testing",
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``hybridflow.sbi`` on first use: it loads scipy.stats, which takes a while."""
+    if name == "sbi":
+        return importlib.import_module("hybridflow.sbi")
+    raise AttributeError(f"module 'hybridflow' has no attribute {name!r}")

@@ -1,0 +1,16 @@
+"""Normalizing flows as ``torch.distributions``: conditional (with a summary network) or not."""
+
+from hybridflow.distributions.base import FixedDistribution, StandardNormal
+from hybridflow.distributions.builders import CouplingKind, coupling_flow
+from hybridflow.distributions.distribution import FlowDistribution
+from hybridflow.distributions.flows import ConditionalFlow, Flow
+
+__all__ = [
+    "ConditionalFlow",
+    "CouplingKind",
+    "FixedDistribution",
+    "Flow",
+    "FlowDistribution",
+    "StandardNormal",
+    "coupling_flow",
+]

@@ -1,0 +1,264 @@
+"""``Flow`` and ``ConditionalFlow``: modules whose call returns a flow as a torch distribution."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from hybridflow.autograd.module import InvertibleModule
+from hybridflow.distributions.base import as_base
+from hybridflow.distributions.distribution import FlowDistribution
+
+__all__ = ["ConditionalFlow", "Flow"]
+
+
+def _check_transform(transform: object, where: str) -> InvertibleModule:
+    if not isinstance(transform, InvertibleModule):
+        raise TypeError(
+            f"{where}: transform must be an InvertibleModule (a Chain, Glow, a layer), got "
+            f"{type(transform).__name__}"
+        )
+    return transform
+
+
+class Flow(nn.Module):
+    r"""An unconditional normalizing flow: ``flow()`` returns the distribution of
+    :math:`\theta = T^{-1}(z)`, :math:`z \sim p_Z`.
+
+    The transform maps parameters to latents (see :class:`FlowDistribution` for the direction
+    convention and the shapes); the base is a standard normal shaped like the event unless
+    another is given.
+
+    Args:
+        transform: an unconditional :class:`~hybridflow.InvertibleModule`.
+        base: a module returning the latent distribution (``batch_shape == ()``), a
+            distribution, or ``None`` for :class:`~hybridflow.distributions.StandardNormal`.
+        event_shape: shape of one event; required when ``base`` is ``None``.
+
+    Example:
+        >>> import torch
+        >>> from hybridflow.distributions import Flow, coupling_flow
+        >>> _ = torch.manual_seed(0)
+        >>> flow = Flow(coupling_flow(3, depth=2, hidden=16), event_shape=(3,))
+        >>> dist = flow()
+        >>> theta = dist.sample((5,))
+        >>> tuple(theta.shape), tuple(dist.log_prob(theta).shape)
+        ((5, 3), (5,))
+    """
+
+    def __init__(
+        self,
+        transform: InvertibleModule,
+        base: nn.Module | Distribution | None = None,
+        *,
+        event_shape: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.transform = _check_transform(transform, "Flow")
+        if transform.takes_condition:
+            raise ValueError(
+                "Flow: the transform takes a condition; use ConditionalFlow for a conditional "
+                "density"
+            )
+        self.base, self.event_shape = as_base(base, event_shape, "Flow")
+
+    def forward(self) -> FlowDistribution:
+        """The flow's distribution: ``batch_shape == ()``, the base's event shape."""
+        return FlowDistribution(self.transform, self.base(), None)
+
+
+class ConditionalFlow(nn.Module):
+    r"""A conditional normalizing flow :math:`q(\theta \mid x)` with a summary network:
+    ``flow(x)`` returns the distribution of :math:`\theta = T^{-1}(z; s(x))`,
+    :math:`z \sim p_Z`.
+
+    The summary network :math:`s` (any ``nn.Module``; the identity when ``None``) turns an
+    observation batch ``x`` into the condition :math:`c = s(x)` of shape ``(B, ...)``: a vector
+    ``(B, K)`` for couplings built with ``cond_features=K``, or a field ``(B, K, *S)`` for
+    image flows that take one (:class:`~hybridflow.networks.Glow`). The transform :math:`T`
+    maps :math:`\theta` to :math:`z` (normalizing direction), so
+
+    .. math::
+        \log q(\theta \mid x) = \log p_Z(T(\theta; s(x))) + \log|\det \partial_\theta T|,
+
+    and sampling runs ``transform.inverse``. The returned
+    :class:`FlowDistribution` has ``batch_shape == (B,)`` and supports ``log_prob``,
+    ``sample``, ``rsample``, ``sample_and_log_prob`` and ``rsample_and_log_prob``
+    (zuko's convention: ``sample((n,))`` gives ``(n, B, *event_shape)``).
+
+    **Training jointly.** The summary network is ordinary autograd; the transform may be a
+    :class:`~hybridflow.Chain` in ``"invert"`` mode. Gradients of :math:`-\log q` (neural
+    posterior estimation) or of a reverse-KL loss through ``rsample`` reach the condition
+    through the chain's reconstructing backward, and from there the summary's parameters: both
+    train with one optimizer over ``flow.parameters()``, and the chain keeps no activations.
+
+    **Observations.** Extra positional and keyword arguments of the call go to the summary
+    network (a set's ``mask``, say; a summary may also take a list of tensors). With
+    ``observation_shape`` given, a tensor ``x`` must be ``(B, *observation_shape)`` (a
+    ``None`` size matches any size) or one unbatched observation of ``observation_shape``,
+    which gives ``batch_shape == ()``; anything else raises ``ValueError`` naming both shapes.
+    NaN/Inf in ``x`` or in the condition raise ``ValueError``.
+
+    Args:
+        transform: a conditional :class:`~hybridflow.InvertibleModule` mapping
+            ``(theta, cond)`` to ``(z, logdet)``.
+        summary: the summary network, or ``None`` to condition on ``x`` itself.
+        base: a module returning the latent distribution (``batch_shape == ()``), a
+            distribution, or ``None`` for a standard normal of ``event_shape``.
+        event_shape: shape of one parameter, ``(D,)`` or ``(C, H, W)``; required when
+            ``base`` is ``None``.
+        observation_shape: optional shape of one observation, checked at each call.
+
+    Example:
+        >>> import torch
+        >>> from hybridflow.distributions import ConditionalFlow, coupling_flow
+        >>> from hybridflow.summary import MLP
+        >>> _ = torch.manual_seed(0)
+        >>> flow = ConditionalFlow(
+        ...     coupling_flow(2, cond_features=8, depth=2, hidden=16),
+        ...     summary=MLP(5, 8, hidden=16),
+        ...     event_shape=(2,),
+        ...     observation_shape=(5,),
+        ... )
+        >>> x = torch.randn(4, 5)
+        >>> theta = flow(x).sample((10,))
+        >>> tuple(theta.shape)
+        (10, 4, 2)
+        >>> loss = -flow(x).log_prob(torch.randn(4, 2)).mean()
+        >>> loss.backward()  # trains the transform and the summary network together
+        >>> flow.summary.net[0].weight.grad is not None
+        True
+
+    References:
+        Papamakarios & Murray, "Fast epsilon-free inference of simulation models with Bayesian
+        conditional density estimation", 2016; Radev et al., "BayesFlow: learning complex
+        stochastic models with invertible neural networks", 2020.
+    """
+
+    def __init__(
+        self,
+        transform: InvertibleModule,
+        summary: nn.Module | None = None,
+        base: nn.Module | Distribution | None = None,
+        *,
+        event_shape: Sequence[int] | None = None,
+        observation_shape: Sequence[int | None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.transform = _check_transform(transform, "ConditionalFlow")
+        if not transform.takes_condition:
+            raise ValueError(
+                "ConditionalFlow: the transform takes no condition; build its couplings with "
+                "cond_features > 0 (or use Flow for an unconditional density)"
+            )
+        if summary is not None and not isinstance(summary, nn.Module):
+            raise TypeError(
+                f"ConditionalFlow: summary must be an nn.Module or None, got "
+                f"{type(summary).__name__}"
+            )
+        self.summary = summary
+        self.base, self.event_shape = as_base(base, event_shape, "ConditionalFlow")
+        self.observation_shape = _check_observation_shape(observation_shape)
+
+    def extra_repr(self) -> str:
+        observed = (
+            ""
+            if self.observation_shape is None
+            else f", observation_shape={self.observation_shape}"
+        )
+        return f"event_shape={tuple(self.event_shape)}{observed}"
+
+    def _batched(self, x: Any) -> tuple[Any, bool]:
+        """Check ``x`` against ``observation_shape``; add a batch axis to one observation."""
+        if not isinstance(x, Tensor):
+            if self.summary is None:
+                raise TypeError(
+                    "ConditionalFlow: without a summary network the observation must be a "
+                    f"tensor, got {type(x).__name__}"
+                )
+            return x, True
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(
+                f"ConditionalFlow: the observation has {bad} NaN/Inf value(s) out of "
+                f"{x.numel()}; drop or repair such simulations before training or inference"
+            )
+        shape = self.observation_shape
+        if shape is None:
+            return x, True
+        if _matches(tuple(x.shape), shape):
+            return x.unsqueeze(0), False
+        if x.dim() == len(shape) + 1 and _matches(tuple(x.shape[1:]), shape):
+            return x, True
+        inner = ", ".join("*" if s is None else str(s) for s in shape)
+        single = f"({inner},)" if len(shape) == 1 else f"({inner})"
+        raise ValueError(
+            f"ConditionalFlow: observation of shape {tuple(x.shape)} does not match "
+            f"observation_shape {single}; expected a batch (B, {inner}) or one observation "
+            f"{single}"
+        )
+
+    def condition(self, x: Any, *args: Any, **kwargs: Any) -> Tensor:
+        """The condition ``summary(x, *args, **kwargs)`` (``x`` itself without a summary),
+        batched as ``(B, ...)``; an unbatched observation gives ``B = 1``."""
+        return self._condition(x, *args, **kwargs)[0]
+
+    def _condition(self, x: Any, *args: Any, **kwargs: Any) -> tuple[Tensor, bool]:
+        x, batched = self._batched(x)
+        cond = x if self.summary is None else self.summary(x, *args, **kwargs)
+        if not isinstance(cond, Tensor) or cond.dim() < 2:
+            got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
+            raise ValueError(
+                f"ConditionalFlow: the condition must be a tensor (B, ...) with at least two "
+                f"dimensions, got {got}"
+            )
+        if not torch.isfinite(cond).all():
+            raise ValueError(
+                "ConditionalFlow: the summary network produced NaN/Inf values; check its "
+                "input and its training (learning rate, input scaling)"
+            )
+        return cond, batched
+
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> FlowDistribution:
+        """The posterior approximation for observations ``x`` as a distribution.
+
+        Args:
+            x: observations ``(B, *observation_shape)`` (or one unbatched observation), or
+                whatever the summary network takes.
+            *args: passed to the summary network.
+            **kwargs: passed to the summary network.
+
+        Returns:
+            A :class:`FlowDistribution` with ``batch_shape == (B,)`` (``()`` for one
+            unbatched observation).
+        """
+        cond, batched = self._condition(x, *args, **kwargs)
+        return FlowDistribution(self.transform, self.base(), cond, batched=batched)
+
+
+def _check_observation_shape(
+    shape: Sequence[int | None] | None,
+) -> tuple[int | None, ...] | None:
+    if shape is None:
+        return None
+    if isinstance(shape, str) or not isinstance(shape, (Sequence, torch.Size)):
+        raise TypeError(
+            f"ConditionalFlow: observation_shape must be a sequence, got {type(shape).__name__}"
+        )
+    for size in shape:
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise ValueError(
+                "ConditionalFlow: observation_shape must hold non-negative ints or None, got "
+                f"{tuple(shape)!r}"
+            )
+    return tuple(shape)
+
+
+def _matches(shape: tuple[int, ...], pattern: tuple[int | None, ...]) -> bool:
+    return len(shape) == len(pattern) and all(
+        p is None or s == p for s, p in zip(shape, pattern, strict=True)
+    )

@@ -1,0 +1,83 @@
+"""Drawing posterior samples for one observation, optionally restricted to the prior's support."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+__all__ = ["LeakageWarning", "sample_posterior"]
+
+
+class LeakageWarning(UserWarning):
+    """Much of the flow's mass lies outside the prior's support."""
+
+
+def sample_posterior(
+    flow: nn.Module,
+    x_o: Any,
+    num_samples: int,
+    *,
+    prior: Distribution | None = None,
+    batch_size: int = 10_000,
+    max_rounds: int = 100,
+) -> Tensor:
+    r"""``num_samples`` draws of :math:`q(\theta \mid x_o)` for one observation, ``(n, *event)``.
+
+    With ``prior`` given, samples outside its support (``prior.support.check``) are rejected,
+    the usual remedy for the leakage of a flow (whose support is all of :math:`\mathbb{R}^n`)
+    past a bounded prior; the result is :math:`q` truncated to the support. A
+    :class:`LeakageWarning` reports an acceptance rate below 50%.
+
+    Args:
+        flow: ``flow(x)`` returns a distribution (a
+            :class:`~hybridflow.distributions.ConditionalFlow`).
+        x_o: one observation batched as the flow expects (``(1, *x_shape)``, or unbatched when
+            the flow knows its ``observation_shape``).
+        num_samples: the number of samples.
+        prior: optional prior whose support bounds the samples.
+        batch_size: samples drawn per round.
+        max_rounds: rounds of rejection before giving up with ``RuntimeError``.
+        (The prior's support is checked on the CPU.)
+
+    Returns:
+        The samples, without gradients.
+    """
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ValueError(f"sample_posterior: num_samples must be an int >= 1, got {num_samples!r}")
+    with torch.no_grad():
+        dist = flow(x_o)
+        batch = tuple(dist.batch_shape)
+        if batch not in ((), (1,)):
+            raise ValueError(
+                f"sample_posterior: expected one observation, got a batch of shape {batch}"
+            )
+        kept: list[Tensor] = []
+        have, drawn = 0, 0
+        for _ in range(max_rounds):
+            draw = batch_size if prior is not None else min(batch_size, num_samples - have)
+            samples = dist.sample((draw,)).reshape(draw, *dist.event_shape)
+            drawn += draw
+            if prior is not None:
+                inside = prior.support.check(samples.cpu()).reshape(draw, -1).all(1)
+                samples = samples[inside.to(samples.device)]
+            kept.append(samples)
+            have += len(samples)
+            if have >= num_samples:
+                break
+        if have < num_samples:
+            raise RuntimeError(
+                f"sample_posterior: only {have} of {drawn} samples fell inside the prior's "
+                f"support, short of {num_samples}; the flow puts its mass outside the prior"
+            )
+    if prior is not None and have / drawn < 0.5:
+        warnings.warn(
+            f"sample_posterior: only {have / drawn:.1%} of the flow's samples lie inside the "
+            "prior's support (leakage); train longer or on more simulations",
+            LeakageWarning,
+            stacklevel=2,
+        )
+    return torch.cat(kept)[:num_samples]

@@ -1,0 +1,77 @@
+"""``MLP``: a fully connected summary network for fixed-size observations."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from hybridflow.summary.validation import check_size
+
+__all__ = ["MLP", "mlp_layers"]
+
+
+def mlp_layers(in_features: int, out_features: int, hidden: int, depth: int) -> nn.Sequential:
+    """``depth`` hidden layers of width ``hidden`` with GELU, then a linear output layer.
+
+    ``depth == 0`` gives one linear layer.
+    """
+    layers: list[nn.Module] = []
+    width = in_features
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.GELU()]
+        width = hidden
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+class MLP(nn.Module):
+    r"""Multilayer perceptron :math:`s(x) = W_L \sigma(\dots \sigma(W_1 \operatorname{vec}(x)))`.
+
+    Each observation ``(B, *shape)`` is flattened to ``(B, in_features)``; the output is
+    ``(B, out_features)``, a vector condition for couplings built with
+    ``cond_features=out_features``. The activation :math:`\sigma` is GELU.
+
+    Args:
+        in_features: number of entries of one observation (or its shape, e.g. ``(4, 2)``).
+        out_features: size of the summary.
+        hidden: width of the hidden layers.
+        depth: number of hidden layers.
+
+    Example:
+        >>> import torch
+        >>> from hybridflow.summary import MLP
+        >>> tuple(MLP((4, 2), 6)(torch.randn(3, 4, 2)).shape)
+        (3, 6)
+    """
+
+    def __init__(
+        self,
+        in_features: int | Sequence[int],
+        out_features: int,
+        hidden: int = 64,
+        depth: int = 2,
+    ) -> None:
+        super().__init__()
+        if not isinstance(in_features, int):
+            in_features = math.prod(check_size("in_features", s, 1, "MLP") for s in in_features)
+        self.in_features = check_size("in_features", in_features, 1, "MLP")
+        self.out_features = check_size("out_features", out_features, 1, "MLP")
+        check_size("hidden", hidden, 1, "MLP")
+        check_size("depth", depth, 0, "MLP")
+        self.net = mlp_layers(self.in_features, self.out_features, hidden, depth)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, *shape) -> (B, out_features)``; ``prod(shape)`` must equal ``in_features``."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"MLP: expected a tensor, got {type(x).__name__}")
+        if x.dim() < 2 or x[0].numel() != self.in_features:
+            raise ValueError(
+                f"MLP: expected a batch (B, ...) of {self.in_features} entries per observation, "
+                f"got shape {tuple(x.shape)}"
+            )
+        return self.net(x.flatten(1))
