@@ -209,7 +209,9 @@ def _saved_bytes(chain: hf.Chain, x: torch.Tensor) -> int:
     def pack(tensor):
         nonlocal total
         total += tensor.numel() * tensor.element_size()
-        return tensor
+        # detached: a saved output packed as itself would hold its own grad_fn in a cycle
+        # that Python's collector cannot see, leaking the graph (no backward follows here)
+        return tensor.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         chain(x)
@@ -400,3 +402,33 @@ def test_micro_batching_refuses_batch_coupled_layers():
         chain(torch.randn(4, 4, requires_grad=True))
     chain.eval()
     chain(torch.randn(4, 4, requires_grad=True))[0].sum().backward()
+
+
+class _NoisyScale(hf.InvertibleModule):
+    """``y = x * s * exp(eps)`` with ``eps`` drawn at every call; no hand-written rule, so the
+    generic rule must invert and re-run with the same draws (the VJP depends on ``eps``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.3))
+
+    def _logdet(self, x, noise):
+        return self.scale.log() * x[0].numel() + noise.flatten(1).sum(1)
+
+    def forward(self, x, cond=None):
+        noise = 0.1 * torch.randn_like(x)
+        return x * self.scale * noise.exp(), self._logdet(x, noise)
+
+    def inverse(self, y, cond=None):
+        noise = 0.1 * torch.randn_like(y)
+        return y / (self.scale * noise.exp()), -self._logdet(y, noise)
+
+
+def test_generic_rule_replays_random_draws(float64):
+    chain = hf.Chain(_NoisyScale(), AffineCoupling(4, hidden=8), _NoisyScale())
+
+    def loss(x):
+        torch.manual_seed(7)
+        return flow_loss(*chain(x))
+
+    hf.testing.check_taylor(loss, torch.randn(5, 4))

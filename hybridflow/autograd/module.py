@@ -95,7 +95,10 @@ class InvertibleModule(nn.Module, Configurable):
             A :class:`Reconstruction`. Gradients are computed for parameters that require grad.
         """
         run, undo = (self.inverse, self.forward) if inverse else (self.forward, self.inverse)
-        with torch.no_grad():
+        # The undo pass must not consume random numbers: the re-run must draw exactly what
+        # the original pass drew from the layer's (seeded) stream.
+        devices = [output.device] if output.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             rebuilt, _ = undo(output, cond)
         rebuilt = rebuilt.detach().requires_grad_(True)
         with torch.enable_grad():
