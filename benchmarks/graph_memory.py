@@ -1,0 +1,232 @@
+"""Peak step memory and time of one hybrid graph under store, checkpoint and planned strategies.
+
+The graph: a convolutional summary network (autograd) turns an observation into a condition
+field for a conditional multiscale Glow (invertible: an ActNorm, the Glow, an affine
+coupling), whose latent is blurred by a linear operator (operator) and enters a loss (autograd)
+with the flow's log determinant. It runs under
+
+* ``store``: every segment stored (plain autograd);
+* ``checkpoint``: ``torch.utils.checkpoint`` on every segment;
+* ``planner-tight``, ``planner-medium``, ``planner-unlimited``: the planner with the smallest
+  feasible budget, the midpoint between that and the store plan's peak, and no bound.
+
+Each configuration runs in a fresh process for memory (glibc returning freed memory, the peak
+read from ``VmHWM`` after resetting it; see ``common.py``) and in another for time (default
+allocator, median of ``--timing-steps`` steps). The memory child also counts the bytes kept
+for backward with saved-tensor hooks, to set against the planner's estimate.
+
+    python benchmarks/graph_memory.py                       # about two minutes
+    python benchmarks/graph_memory.py --side 128 --depth 16 # bigger
+
+Prints a table and writes ``graph_memory.csv`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CONFIGS = ("store", "checkpoint", "planner-tight", "planner-medium", "planner-unlimited")
+
+
+def build(config: dict):  # type: ignore[no-untyped-def]
+    """The graph module and a batch, planned as ``config["name"]`` says."""
+    import torch
+    from torch import nn
+
+    from hybridflow.graph import BudgetError, Graph
+    from hybridflow.layers import ActNorm, AffineCoupling
+    from hybridflow.networks import Glow
+    from hybridflow.operators import Convolution
+
+    torch.manual_seed(0)
+    side, channels, cond = config["side"], config["channels"], config["cond"]
+    hidden = config["hidden"]
+    summary = nn.Sequential(
+        nn.Conv2d(1, hidden, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(hidden, hidden, 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(hidden, cond, 3, padding=1),
+    )
+    glow = Glow(
+        channels, levels=config["levels"], depth=config["depth"], hidden=hidden, cond_channels=cond
+    )
+    kernel = torch.tensor([[0.0, 0.1, 0.0], [0.1, 0.6, 0.1], [0.0, 0.1, 0.0]])
+
+    def loss(z, logdet, blurred, data):
+        dims = z[0].numel()
+        misfit = 0.5 * (blurred - data).pow(2).flatten(1).sum(1)
+        return (misfit + 0.5 * z.pow(2).flatten(1).sum(1) - logdet).mean() / dims
+
+    graph = (
+        Graph()
+        .input("obs")
+        .input("x")
+        .input("data")
+        .autograd("summary", summary, "obs")
+        .invertible("pre", ActNorm(channels), "x")
+        .invertible("glow", glow, "pre", cond="summary")
+        .invertible(
+            "post", AffineCoupling(channels, hidden, cond, spatial_dims=2), "glow", cond="summary"
+        )
+        .operator("blur", Convolution(kernel, (channels, side, side)), "post")
+        .autograd("loss", loss, ["post", "post.logdet", "blur", "data"])
+        .output("loss")
+    )
+    truth = torch.nn.functional.avg_pool2d(
+        torch.randn(config["batch"], channels, side, side), 3, 1, 1
+    )
+    batch = {
+        "obs": truth.mean(1, keepdim=True) + 0.1 * torch.randn(config["batch"], 1, side, side),
+        "x": 3 * truth,
+        "data": truth,
+    }
+    model = graph.build(batch)
+    nodes = ["summary", "pre", "glow", "post", "blur", "loss"]
+    name = config["name"]
+    if name in ("store", "checkpoint"):
+        model.plan(pin=dict.fromkeys(nodes, name))
+    else:
+        try:
+            model.plan(1)
+        except BudgetError as error:
+            tight = error.minimum
+        store_peak = model.plan(math.inf).peak_bytes
+        budget = {
+            "planner-tight": tight,
+            "planner-medium": (tight + store_peak) / 2,
+            "planner-unlimited": math.inf,
+        }[name]
+        model.plan(budget)
+    return model, batch
+
+
+def child(config: dict) -> None:
+    import torch
+    from common import measure_peak, measure_time
+
+    torch.set_num_threads(config["threads"])
+    model, batch = build(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(**batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    plan = model.current_plan
+    result = {
+        "plan": "; ".join(f"{','.join(s.nodes)}: {s.strategy}" for s in plan.segments),
+        "estimated_peak": plan.peak_bytes,
+        "estimated_kept": plan.kept_bytes,
+        "budget": plan.memory_budget,
+    }
+    if config["measure"] == "memory":
+        result["peak_bytes"] = measure_peak(step)
+        result["kept_bytes"] = _kept_bytes(model, batch)
+    else:
+        result["seconds"] = measure_time(step, config["timing_steps"])
+    print(json.dumps({**config, **result}))
+
+
+def _kept_bytes(model, batch) -> int:  # type: ignore[no-untyped-def]
+    """Distinct storages saved for backward in one step (parameters and buffers left out)."""
+    import torch
+
+    excluded = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in excluded:
+            storages[storage.data_ptr()] = storage.nbytes()
+        # a detached alias: returning the tensor itself would tie a saved output to its own
+        # grad_fn (a reference cycle that outlives the graph when no backward runs)
+        return tensor.detach()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(**batch)["loss"]
+    loss.backward()
+    return sum(storages.values())
+
+
+def report(rows: list[dict]) -> str:
+    mib = 2**20
+    lines = [
+        f"{'configuration':>18} {'peak MiB':>9} {'est. peak':>9} {'kept MiB':>9} "
+        f"{'est. kept':>9} {'budget MiB':>10} {'step s':>7}  plan"
+    ]
+    for r in rows:
+        budget = r["budget"]
+        budget_text = (
+            "-" if budget is None else ("inf" if math.isinf(budget) else f"{budget / mib:.1f}")
+        )
+        lines.append(
+            f"{r['name']:>18} {r['peak_bytes'] / mib:>9.1f} {r['estimated_peak'] / mib:>9.1f} "
+            f"{r['kept_bytes'] / mib:>9.1f} {r['estimated_kept'] / mib:>9.1f} {budget_text:>10} "
+            f"{r['seconds']:>7.2f}  {r['plan']}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--side", type=int, default=64, help="image side (divisible by 2**levels)")
+    parser.add_argument("--channels", type=int, default=2)
+    parser.add_argument("--cond", type=int, default=4, help="channels of the condition field")
+    parser.add_argument("--levels", type=int, default=3)
+    parser.add_argument("--depth", type=int, default=8, help="Glow steps per scale")
+    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    parser.add_argument("--timing-steps", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per process")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(json.loads(args.child))
+        return []
+    if args.side % 2**args.levels:
+        parser.error(f"--side {args.side} must be divisible by 2**levels = {2**args.levels}")
+    if not Path("/proc/self/clear_refs").exists():
+        parser.error("peak memory is read from /proc/self (Linux only)")
+    from common import MEMORY_ENV, TIME_ENV, run_child
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    base = {
+        key: getattr(args, key)
+        for key in ("side", "channels", "cond", "levels", "depth", "hidden", "batch", "threads")
+    }
+    base["timing_steps"] = args.timing_steps
+    rows = []
+    for name in args.configs:
+        config = {**base, "name": name}
+        memory = run_child(
+            Path(__file__), {**config, "measure": "memory"}, MEMORY_ENV, args.timeout
+        )
+        timing = run_child(Path(__file__), {**config, "measure": "time"}, TIME_ENV, args.timeout)
+        rows.append({**memory, "seconds": timing["seconds"]})
+        print(report(rows).splitlines()[-1], file=sys.stderr, flush=True)
+    path = args.out / "graph_memory.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(report(rows))
+    print(f"wrote {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

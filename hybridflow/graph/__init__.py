@@ -1,0 +1,20 @@
+"""Graph runtime and planner: invertible, autograd and operator nodes in one graph."""
+
+from hybridflow.graph.builder import Graph
+from hybridflow.graph.explain import Plan, SegmentPlan
+from hybridflow.graph.memory import format_bytes, parse_bytes
+from hybridflow.graph.planner import BudgetError
+from hybridflow.graph.runtime import GraphModule
+from hybridflow.graph.strategy import Strategy, StrategyKind
+
+__all__ = [
+    "BudgetError",
+    "Graph",
+    "GraphModule",
+    "Plan",
+    "SegmentPlan",
+    "Strategy",
+    "StrategyKind",
+    "format_bytes",
+    "parse_bytes",
+]

@@ -1,0 +1,182 @@
+"""Running one segment under its strategy: a chain for invertible runs, a function for the rest.
+
+Runners are plain objects (no closures), so that a deep copy of a graph module copies them
+together with the node modules they run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from hybridflow.autograd.chain import Chain
+from hybridflow.autograd.microbatch import check_acts_per_sample
+from hybridflow.graph.nodes import LOGDET, NodeSpec
+from hybridflow.graph.segments import Segment
+from hybridflow.graph.slicing import run_sliced
+from hybridflow.graph.strategy import Strategy
+from hybridflow.graph.values import call_node, read_port
+
+__all__ = ["InvertibleRunner", "NodesRunner"]
+
+Values = dict[str, Any]
+"""The tensors computed so far in a call, by port (tuple items by item port)."""
+
+
+class InvertibleRunner:
+    """Runs an invertible segment as one :class:`~hybridflow.Chain` of its nodes' modules.
+
+    ``store`` runs the chain in ``"store"`` mode, ``checkpoint`` the same under
+    ``torch.utils.checkpoint``, ``invert`` in ``"invert"`` mode with the strategy's anchors and
+    micro-batches (the forward pass sliced too when there are no anchors, see
+    :mod:`hybridflow.graph.slicing`). Chains nested in the nodes take the segment's mode. The
+    log determinant continues the one accumulated before the segment, if any.
+
+    Args:
+        segment: the segment.
+        strategy: its strategy.
+        specs: the nodes' specs, by name.
+        tuples: item ports of autograd nodes that return tuples.
+    """
+
+    def __init__(
+        self,
+        segment: Segment,
+        strategy: Strategy,
+        specs: Mapping[str, NodeSpec],
+        tuples: Mapping[str, tuple[str, ...]],
+    ) -> None:
+        self.segment = segment
+        self.strategy = strategy
+        self.specs = [specs[name] for name in segment.nodes]
+        self.tuples = dict(tuples)
+        modules: list[nn.Module] = [s.target for s in self.specs]  # type: ignore[misc]
+        mode = "invert" if strategy.kind == "invert" else "store"
+        for module in modules:
+            for sub in module.modules():
+                if isinstance(sub, Chain):
+                    sub.mode = mode
+        self.chain = Chain(
+            *modules,  # type: ignore[arg-type]
+            mode=mode,
+            anchor_every=strategy.anchor_every,
+            micro_batches=strategy.micro_batches,
+        )
+
+    def __call__(self, values: Values) -> None:
+        segment, strategy = self.segment, self.strategy
+        x = read_port(values, self.tuples, segment.x)
+        cond = None if segment.cond is None else read_port(values, self.tuples, segment.cond)
+        with _segment_errors(segment):
+            if strategy.micro_batches > 1:
+                for spec in self.specs:
+                    check_acts_per_sample(spec.target, f"Graph {spec.describe()}")
+            if strategy.kind == "checkpoint":
+                args = (x,) if cond is None else (x, cond)
+                y, logdet = checkpoint(self.chain, *args, use_reentrant=False)
+            elif strategy.micro_batches > 1 and strategy.anchor_every is None:
+                y, logdet = run_sliced(self.chain, x, cond)
+            else:
+                y, logdet = self.chain(x, cond)
+        if segment.logdet_in is not None:
+            logdet = values[str(segment.logdet_in)] + logdet
+        last = segment.nodes[-1]
+        values[last] = y
+        values[f"{last}.{LOGDET}"] = logdet
+
+
+class NodesRunner:
+    """Runs autograd or operator nodes one after another, optionally under one checkpoint.
+
+    The segment's inputs are passed to ``torch.utils.checkpoint`` as separate tensors (tuples
+    item by item), since it keeps tensor arguments only; the exported values come back the
+    same way.
+
+    Args:
+        segment: the segment.
+        strategy: ``store`` or ``checkpoint``.
+        specs: the nodes' specs, by name.
+        tuples: item ports of autograd nodes that return tuples.
+        read_keys: the tensors the segment reads, item by item.
+    """
+
+    def __init__(
+        self,
+        segment: Segment,
+        strategy: Strategy,
+        specs: Mapping[str, NodeSpec],
+        tuples: Mapping[str, tuple[str, ...]],
+        read_keys: Sequence[str],
+    ) -> None:
+        self.strategy = strategy
+        self.specs = [specs[name] for name in segment.nodes]
+        self.tuples = dict(tuples)
+        self.read_keys = list(read_keys)
+        self.export_keys = [str(p) for p in segment.exports]
+
+    def _body(self, *tensors: Tensor) -> tuple[Any, ...]:
+        local: Values = dict(zip(self.read_keys, tensors, strict=True))
+        for spec in self.specs:
+            args = [read_port(local, self.tuples, p) for p in spec.inputs]
+            with _node_errors(spec):
+                result = call_node(spec, args, None)
+            if spec.kind == "autograd" and isinstance(result, tuple | list):
+                for i, item in enumerate(result):
+                    local[f"{spec.name}.{i}"] = item
+            else:
+                local[spec.name] = result
+        return tuple(local[item] for key in self.export_keys for item in self._items(key))
+
+    def _items(self, key: str) -> tuple[str, ...]:
+        return self.tuples.get(key, (key,))
+
+    def __call__(self, values: Values) -> None:
+        tensors = [values[k] for k in self.read_keys]
+        if self.strategy.kind == "checkpoint":
+            results = checkpoint(self._body, *tensors, use_reentrant=False)
+        else:
+            results = self._body(*tensors)
+        items = iter(results)
+        for key in self.export_keys:
+            for item in self._items(key):
+                values[item] = next(items)
+
+
+@contextmanager
+def _node_errors(spec: NodeSpec) -> Iterator[None]:
+    """Prefix a node's input errors with its name."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        if type(error) not in (ValueError, TypeError):
+            raise
+        raise type(error)(f"Graph {spec.describe()}: {error}") from error
+
+
+_CHAIN_LAYER = re.compile(r"^Chain layer (\d+) \([^)]*\): ")
+
+
+@contextmanager
+def _segment_errors(segment: Segment) -> Iterator[None]:
+    """Name the node when a layer of a segment's chain refuses its input (the chain names
+    its position, which is the node's position in the segment)."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        if type(error) not in (ValueError, TypeError):
+            raise
+        message = str(error)
+        if message.startswith("Graph node"):
+            raise
+        match = _CHAIN_LAYER.match(message)
+        if match and int(match.group(1)) < len(segment.nodes):
+            node = segment.nodes[int(match.group(1))]
+            message = message[match.end() :]
+        else:
+            node = segment.nodes[0]
+        raise type(error)(f"Graph node {node!r} (invertible): {message}") from error

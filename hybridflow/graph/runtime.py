@@ -1,0 +1,287 @@
+"""``GraphModule``: a built graph as an ``nn.Module`` that runs its segments as planned."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import networkx as nx
+from torch import Tensor, nn
+
+from hybridflow.autograd.microbatch import check_acts_per_sample
+from hybridflow.graph.estimates import estimate, strategy_options
+from hybridflow.graph.explain import Plan, SegmentPlan
+from hybridflow.graph.memory import parse_bytes
+from hybridflow.graph.nodes import NodeSpec, Port
+from hybridflow.graph.planner import Choice, search
+from hybridflow.graph.profile import GraphProfile
+from hybridflow.graph.runners import InvertibleRunner, NodesRunner
+from hybridflow.graph.segments import Segment, segment_graph
+from hybridflow.graph.strategy import Strategy
+from hybridflow.graph.values import read_port
+
+__all__ = ["GraphModule"]
+
+
+class GraphModule(nn.Module):
+    """A graph built by :meth:`Graph.build <hybridflow.graph.Graph.build>`, run as planned.
+
+    The modules of the nodes are submodules (under ``nodes.<name>``), so ``parameters()``,
+    ``state_dict()``, ``.to()``, ``train()`` and ``eval()`` behave as for any module. The
+    chains that run invertible segments are built from those same modules and are not
+    registered a second time. The plan sets the mode of every :class:`~hybridflow.Chain`
+    nested in an invertible node to its segment's (``"store"`` or ``"invert"``).
+
+    Call it with the graph's inputs by name (or positionally, in the order they were
+    declared); it returns a dict of the named outputs.
+
+    Attributes:
+        digraph: the ``networkx.DiGraph`` of the nodes.
+        profile: the measurements of the sample run.
+        segments: the segments of the current plan.
+        current_plan: the :class:`~hybridflow.graph.Plan` in force.
+    """
+
+    def __init__(
+        self,
+        digraph: nx.DiGraph,
+        order: Sequence[str],
+        outputs: Mapping[str, Port],
+        profile: GraphProfile,
+        batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.batch_size = profile.batch_size if batch_size is None else batch_size
+        self.digraph = digraph
+        self.order = tuple(order)
+        self.specs: dict[str, NodeSpec] = {n: digraph.nodes[n]["spec"] for n in self.order}
+        self.outputs = dict(outputs)
+        self.input_names = tuple(n for n in self.order if self.specs[n].kind == "input")
+        self.profile = profile
+        self.nodes = nn.ModuleDict(
+            {n: s.module for n, s in self.specs.items() if s.module is not None}
+        )
+        self.segments: tuple[Segment, ...] = ()
+        self.current_plan: Plan | None = None
+        self._runners: list[InvertibleRunner | NodesRunner] = []
+        self._release: list[list[str]] = []
+
+    # -- planning ---------------------------------------------------------------------------
+    def plan(
+        self,
+        memory_budget: int | float | str | None = None,
+        *,
+        pin: Mapping[str, Strategy | str] | None = None,
+        batch_size: int | None = None,
+        max_inverted_run: int | None = None,
+    ) -> Plan:
+        """Choose and apply a strategy per segment; return the plan.
+
+        Args:
+            memory_budget: bound of the estimated peak memory of a training step: parameter
+                gradients, plus the bytes kept for backward, plus the largest working set of a
+                segment (see :mod:`hybridflow.graph.estimates`). Bytes, or a string such as
+                ``"512MiB"`` or ``"2GB"``; ``math.inf`` or ``"unlimited"`` stores everything
+                that saves compute. ``None``: the cheapest plan whose memory does not grow with
+                the depth of invertible segments (``invert`` for those, ``store`` elsewhere).
+            pin: strategies fixed per node name; nodes with different pins never share a
+                segment.
+            batch_size: the batch size to plan for; kept for later calls (default: the last
+                one given, at first the ``batch_size`` of ``build`` or the sample's).
+            max_inverted_run: rebuild at most this many nodes by inversion from one kept
+                tensor (invertible segments keep anchors as needed); bounds float32 drift.
+
+        Raises:
+            BudgetError: if no plan fits; its message and ``minimum`` give the smallest peak.
+            ValueError: naming the node, for a bad pin (unknown node, a strategy its segment
+                cannot use, micro-batches for modules that couple samples).
+        """
+        budget = None if memory_budget is None else parse_bytes(memory_budget)
+        batch = self.batch_size if batch_size is None else batch_size
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise ValueError(f"Graph.plan: batch_size must be a positive int, got {batch_size!r}")
+        if max_inverted_run is not None and (
+            not isinstance(max_inverted_run, int) or max_inverted_run < 1
+        ):
+            raise ValueError(
+                f"Graph.plan: max_inverted_run must be a positive int, got {max_inverted_run!r}"
+            )
+        pins = self._check_pins(pin or {})
+        segments = segment_graph(self.specs, self.order, self.outputs, pins)
+        modules = {n: s.module for n, s in self.specs.items()}
+        flat = budget is None
+        options = [
+            [
+                (s, estimate(segment, s, self.profile, batch))
+                for s in strategy_options(segment, modules, batch, max_inverted_run, flat)
+            ]
+            for segment in segments
+        ]
+        for segment, opts in zip(segments, options, strict=True):
+            if not opts:
+                raise ValueError(
+                    f"Graph node {segment.nodes[0]!r}: no strategy of its segment rebuilds at "
+                    f"most max_inverted_run={max_inverted_run} nodes"
+                )
+        choices, minimum = search(
+            segments,
+            options,
+            self.profile,
+            batch,
+            float("inf") if budget is None else budget,
+        )
+        plan = self._make_plan(segments, choices, budget, batch, minimum)
+        self._install(segments, [c.strategy for c in choices])
+        self.current_plan = plan
+        self.batch_size = batch
+        return plan
+
+    def _check_pins(self, pin: Mapping[str, Strategy | str]) -> dict[str, Strategy]:
+        if not isinstance(pin, Mapping):
+            raise TypeError(f"Graph.plan: pin must map node names to strategies, got {pin!r}")
+        pins: dict[str, Strategy] = {}
+        for name, value in pin.items():
+            spec = self.specs.get(name)
+            if spec is None or spec.kind == "input":
+                raise ValueError(
+                    f"Graph.plan: pin names {name!r}, which is not a node of the graph "
+                    f"(nodes: {[n for n in self.order if self.specs[n].kind != 'input']})"
+                )
+            strategy = Strategy.parse(value, f"Graph {spec.describe()}")
+            if strategy.kind == "invert" and spec.kind != "invertible":
+                raise ValueError(
+                    f"Graph {spec.describe()}: pinned to {str(strategy)!r}, but only invertible "
+                    "nodes can be rebuilt by inversion; use 'store' or 'checkpoint'"
+                )
+            if strategy.micro_batches > 1 and spec.module is not None:
+                check_acts_per_sample(spec.module, f"Graph {spec.describe()}")
+            pins[name] = strategy
+        return pins
+
+    def _make_plan(
+        self,
+        segments: Sequence[Segment],
+        choices: Sequence[Choice],
+        budget: float | None,
+        batch: int,
+        minimum: float,
+    ) -> Plan:
+        """The :class:`Plan` of ``choices``, a tensor kept by several segments counted once."""
+        scale = batch / self.profile.batch_size
+        seen: set[int] = set()
+        rows = []
+        for segment, choice in zip(segments, choices, strict=True):
+            kept = choice.estimate.own_bytes
+            for port in sorted(choice.estimate.kept_ports):
+                meta = self.profile.ports[port]
+                if meta.alias not in seen:
+                    seen.add(meta.alias)
+                    kept += meta.nbytes * (scale if meta.batched else 1.0)
+            rows.append(
+                SegmentPlan(
+                    segment.index,
+                    segment.kind,
+                    segment.nodes,
+                    choice.strategy,
+                    segment.pin is not None,
+                    kept,
+                    choice.estimate.working_bytes,
+                    choice.estimate.extra_cost,
+                )
+            )
+        kept_total = sum(r.kept_bytes for r in rows)
+        working = max((r.working_bytes for r in rows), default=0.0)
+        param = float(self.profile.param_grad_bytes)
+        return Plan(
+            tuple(rows),
+            budget,
+            batch,
+            kept_total,
+            param + kept_total + working,
+            minimum,
+            param,
+            sum(r.extra_cost for r in rows),
+            sum(n.cost for n in self.profile.nodes.values()) * scale,
+            self.profile.cost_unit,
+        )
+
+    def explain(self, print_table: bool = True) -> Plan:
+        """Print the current plan as a table (see :meth:`Plan.table`) and return it."""
+        if self.current_plan is None:
+            raise RuntimeError("Graph.explain: the graph has no plan yet; call plan()")
+        if print_table:
+            print(self.current_plan.table())
+        return self.current_plan
+
+    # -- applying a plan --------------------------------------------------------------------
+    def _install(self, segments: Sequence[Segment], strategies: Sequence[Strategy]) -> None:
+        tuples = self.profile.tuples
+        runners: list[InvertibleRunner | NodesRunner] = [
+            InvertibleRunner(segment, strategy, self.specs, tuples)
+            if segment.kind == "invertible"
+            else NodesRunner(segment, strategy, self.specs, tuples, self._items(segment.reads))
+            for segment, strategy in zip(segments, strategies, strict=True)
+        ]
+        # free each tensor once the last segment that reads it has run
+        last_read: dict[str, int] = {}
+        for segment in segments:
+            for key in self._items(segment.reads):
+                last_read[key] = segment.index
+        release: list[list[str]] = [[] for _ in segments]
+        outputs = set(self._items(self.outputs.values()))
+        for key, index in last_read.items():
+            if key not in outputs:
+                release[index].append(key)
+        self.segments = tuple(segments)
+        self._runners = runners
+        self._release = release
+
+    def _items(self, ports: Iterable[Port]) -> list[str]:
+        """The tensor keys behind ``ports`` (a tuple port stands for its items)."""
+        tuples = self.profile.tuples
+        return [item for p in ports for item in tuples.get(str(p), (str(p),))]
+
+    # -- running ----------------------------------------------------------------------------
+    def forward(self, *args: Tensor, **kwargs: Tensor) -> dict[str, Tensor]:
+        """Run the graph; inputs by name (or positionally in declaration order).
+
+        Returns:
+            The named outputs (a tensor each; a tuple for an autograd node's tuple).
+        """
+        if self.current_plan is None:
+            raise RuntimeError("Graph: the graph has no plan yet; call plan()")
+        values = self._bind(args, kwargs)
+        for runner, release in zip(self._runners, self._release, strict=True):
+            runner(values)
+            for key in release:
+                del values[key]
+        return {
+            name: read_port(values, self.profile.tuples, port)
+            for name, port in self.outputs.items()
+        }
+
+    def _bind(self, args: Sequence[Tensor], kwargs: Mapping[str, Tensor]) -> dict[str, Any]:
+        names = self.input_names
+        if len(args) > len(names):
+            raise TypeError(f"Graph: takes {len(names)} inputs {list(names)}, got {len(args)}")
+        bound = dict(zip(names, args, strict=False))
+        for name, value in kwargs.items():
+            if name not in names:
+                raise TypeError(f"Graph: got an unknown input {name!r}; inputs are {list(names)}")
+            if name in bound:
+                raise TypeError(f"Graph: input {name!r} given twice")
+            bound[name] = value
+        for name in names:
+            if name not in bound:
+                raise TypeError(f"Graph input {name!r}: missing; inputs are {list(names)}")
+            if not isinstance(bound[name], Tensor):
+                raise TypeError(
+                    f"Graph input {name!r}: expected a torch.Tensor, got "
+                    f"{type(bound[name]).__name__}"
+                )
+        return bound
+
+    def extra_repr(self) -> str:
+        kinds = Counter(s.kind for s in self.specs.values())
+        return ", ".join(f"{k}={v}" for k, v in sorted(kinds.items()))
