@@ -3,22 +3,29 @@
 import importlib
 from typing import Any
 
-from hybridflow import distributions, layers, networks, operators, summary, testing
+from hybridflow import distributions, graph, layers, networks, operators, summary, testing
 from hybridflow.autograd import Chain, InvertibleModule, Mode, Reconstruction
 from hybridflow.distributions import ConditionalFlow, Flow
+from hybridflow.graph import BudgetError, Graph, GraphModule, Plan, Strategy
 from hybridflow.operators import LinearOperator, Operator
 from hybridflow.serialization import load, load_state_dict, save
 
 __all__ = [
+    "BudgetError",
     "Chain",
     "ConditionalFlow",
     "Flow",
+    "Graph",
+    "GraphModule",
     "InvertibleModule",
     "LinearOperator",
     "Mode",
     "Operator",
+    "Plan",
     "Reconstruction",
+    "Strategy",
     "distributions",
+    "graph",
     "layers",
     "load",
     "load_state_dict",
