@@ -1,0 +1,78 @@
+"""Time per training step, store vs invert vs checkpoint, side by side in one process.
+
+The Glow-like models of ``common.py`` (same parameters in every mode) take turns, one step
+each, for ``--repeats`` rounds after a warm-up; the median per mode is reported with its
+ratio to store mode. Interleaving puts every mode under the same machine load, which fresh
+processes timed one after another do not. Peak memory is measured by ``memory_depth.py``.
+
+    python benchmarks/step_time.py --size 128 --depths 4 32
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/step_time.py --size 128 --depths 4 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import GlowLike, training_step
+
+MODES = ("store", "invert", "checkpoint")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--depths", type=int, nargs="+", default=[4, 16])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    args = parser.parse_args(argv)
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    rows = []
+    for depth in args.depths:
+        models, optimizers = {}, {}
+        for mode in args.modes:
+            torch.manual_seed(0)
+            models[mode] = GlowLike(3, depth, args.hidden, mode)
+            optimizers[mode] = torch.optim.Adam(models[mode].parameters(), lr=1e-4)
+        for mode in args.modes:  # warm-up: ActNorm init, optimizer state, allocator pools
+            for _ in range(2):
+                training_step(models[mode], optimizers[mode], x)
+        times: dict[str, list[float]] = {mode: [] for mode in args.modes}
+        for _ in range(args.repeats):
+            for mode in args.modes:
+                start = time.perf_counter()
+                training_step(models[mode], optimizers[mode], x)
+                times[mode].append(time.perf_counter() - start)
+        medians = {mode: statistics.median(t) * 1e3 for mode, t in times.items()}
+        for mode in args.modes:
+            rows.append(
+                {
+                    "depth": depth,
+                    "mode": mode,
+                    "ms": medians[mode],
+                    "ratio": medians[mode] / medians.get("store", medians[mode]),
+                }
+            )
+    policy = os.environ.get("OMP_WAIT_POLICY", "default")
+    print(
+        f"Glow-like step, {args.size}x{args.size}, batch {args.batch}, hidden {args.hidden}, "
+        f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}, median of {args.repeats}"
+    )
+    print(f"{'depth':>5} {'mode':>10} {'ms/step':>9} {'vs store':>8}")
+    for r in rows:
+        print(f"{r['depth']:>5} {r['mode']:>10} {r['ms']:>9.0f} {r['ratio']:>8.2f}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
