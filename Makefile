@@ -1,26 +1,42 @@
-# Set-up and entry points. Each target creates or reuses the local virtual environment .venv.
+# Set-up and entry points. Each target creates or reuses the local virtual environment .venv:
+# `demo` installs what the demo needs (the sbi extra), `test` and `docs` the test and docs
+# extras as well.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test docs lint bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
-	touch $(STAMP)
 
-demo: $(STAMP)
-	$(PY) benchmarks/memory_depth.py --preset small
+$(DEMO_STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[sbi]"
+	touch $(DEMO_STAMP)
 
-test: $(STAMP)
-	$(PY) -m ruff check hybridflow tests benchmarks examples
-	$(PY) -m pytest --cov=hybridflow --cov-report=term
+$(TEST_STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,docs]"
+	touch $(TEST_STAMP)
 
-bench: $(STAMP)
+demo: $(DEMO_STAMP)
+	$(VENV)/bin/hybridflow demo
+
+lint: $(TEST_STAMP)
+	$(PY) -m ruff check hybridflow tests benchmarks examples tools
+
+test: lint
+	OMP_NUM_THREADS=1 $(PY) -m pytest --cov=hybridflow --cov-report=term
+	$(MKDOCS) build --strict
+
+docs: $(TEST_STAMP)
+	$(MKDOCS) build --strict
+
+bench: $(DEMO_STAMP)
 	$(PY) benchmarks/memory_depth.py --preset reference
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage
+	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage site

@@ -14,40 +14,83 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Mapping
+import secrets
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor, nn
 
 from hybridflow.config import from_config, get_config
 
-__all__ = ["FORMAT_VERSION", "atomic_torch_save", "load", "load_state_dict", "save"]
+__all__ = [
+    "FORMAT_VERSION",
+    "atomic_torch_save",
+    "atomic_write",
+    "load",
+    "load_state_dict",
+    "save",
+]
 
 FORMAT_VERSION = 1
 _FORMAT = "hybridflow"
 
 
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+    """Write a file so that readers see the old content or the whole new one, never a part.
+
+    ``write`` fills a temporary file in the same folder, which is flushed to disk and then
+    renamed over ``path`` with :func:`os.replace` (atomic on POSIX and Windows); the file gets
+    the permissions of any newly created file (the process's umask). If ``write``
+    raises, or the process dies before the rename, ``path`` keeps its previous content and the
+    temporary file is removed (when the process survives to do it). This is the one atomic
+    writer of the package: model files, checkpoints, figures and reports all go through it.
+
+    Args:
+        path: the destination; its folder is created if needed.
+        write: called with the open binary temporary file.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> atomic_write(folder / "note.txt", lambda file: file.write(b"done")).read_text()
+        'done'
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh name opened exclusively: the file gets the permissions of any new file (umask)
+    temp = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
+    handle = temp.open("xb")
+    try:
+        with handle as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return target
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file next to ``path``, then rename it over ``path``.
+    """``torch.save`` to a temporary file next to ``path``, then rename it over ``path``
+    (:func:`atomic_write`).
 
     An interrupted write leaves any previous file at ``path`` untouched.
+
+    Raises:
+        FileNotFoundError: the folder of ``path`` does not exist.
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot save to {path}: folder {path.parent} does not exist")
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def save(

@@ -174,3 +174,44 @@ def test_cuda_round_trip_matches_cpu():
     y_cuda, logdet_cuda = moved(x.cuda(), cond.cuda())
     torch.testing.assert_close(y_cuda.cpu(), y)
     torch.testing.assert_close(logdet_cuda.cpu(), logdet)
+
+
+def _set_flow(summary):
+    from hybridflow.distributions import ConditionalFlow, coupling_flow
+
+    return ConditionalFlow(
+        coupling_flow(2, 4, depth=2, hidden=8), summary, event_shape=(2,), observation_shape=(5, 3)
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _set_flow(hf.summary.DeepSet(3, 4, hidden=8)),
+        lambda: _set_flow(hf.summary.SetTransformer(3, 4, hidden=8, heads=2)),
+        lambda: _set_flow(hf.summary.MLP((5, 3), 4, hidden=8)),
+        lambda: hf.ConditionalFlow(
+            hf.networks.Glow(1, levels=1, depth=1, hidden=4, cond_channels=2),
+            hf.summary.CNN(1, 2, hidden=4, depth=1, output="field"),
+            event_shape=(1, 4, 4),
+        ),
+        lambda: hf.Flow(hf.distributions.coupling_flow(2, depth=2, hidden=8), event_shape=(2,)),
+    ],
+    ids=["deepset", "set_transformer", "mlp", "glow_cnn", "flow"],
+)
+def test_flows_with_summary_networks_survive_save_and_load(tmp_path, make):
+    torch.manual_seed(0)
+    model = make()
+    conditional = isinstance(model, hf.ConditionalFlow)
+    shape = model.event_shape
+    x = torch.randn(3, *((5, 3) if conditional and model.observation_shape else (1, 4, 4)))
+    theta = torch.randn(3, *shape)
+    dist = model(x) if conditional else model()
+    log_q = dist.log_prob(theta)  # also initialises ActNorm from this batch
+    hf.save(model, tmp_path / "model.pt")
+    loaded, _ = hf.load(tmp_path / "model.pt")
+    assert type(loaded) is type(model)
+    if conditional:
+        assert type(loaded.summary) is type(model.summary)
+    reloaded = loaded(x) if conditional else loaded()
+    assert torch.allclose(reloaded.log_prob(theta), log_q)

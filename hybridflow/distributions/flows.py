@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from hybridflow.autograd.module import InvertibleModule
+from hybridflow.config import Configurable
 from hybridflow.distributions.base import as_base
 from hybridflow.distributions.distribution import FlowDistribution
 
@@ -25,7 +26,7 @@ def _check_transform(transform: object, where: str) -> InvertibleModule:
     return transform
 
 
-class Flow(nn.Module):
+class Flow(nn.Module, Configurable):
     r"""An unconditional normalizing flow: ``flow()`` returns the distribution of
     :math:`\theta = T^{-1}(z)`, :math:`z \sim p_Z`.
 
@@ -71,7 +72,7 @@ class Flow(nn.Module):
         return FlowDistribution(self.transform, self.base(), None)
 
 
-class ConditionalFlow(nn.Module):
+class ConditionalFlow(nn.Module, Configurable):
     r"""A conditional normalizing flow :math:`q(\theta \mid x)` with a summary network:
     ``flow(x)`` returns the distribution of :math:`\theta = T^{-1}(z; s(x))`,
     :math:`z \sim p_Z`.
@@ -102,6 +103,11 @@ class ConditionalFlow(nn.Module):
     ``None`` size matches any size) or one unbatched observation of ``observation_shape``,
     which gives ``batch_shape == ()``; anything else raises ``ValueError`` naming both shapes.
     NaN/Inf in ``x`` or in the condition raise ``ValueError``.
+
+    **Saving.** The flow is :class:`~hybridflow.config.Configurable`: :func:`hybridflow.save`
+    writes it as plain-data config and weights when its transform and summary network are
+    configurable too (every hybridflow block and summary network is; derive your own summary
+    from ``Configurable`` as well), and :func:`hybridflow.load` rebuilds it.
 
     Args:
         transform: a conditional :class:`~hybridflow.InvertibleModule` mapping

@@ -1,50 +1,17 @@
-"""Atomic files: checkpoints (tensors and plain data only) and other outputs."""
+"""Checkpoints (tensors and plain data only), written atomically; ``atomic_write`` for other
+outputs is :func:`hybridflow.serialization.atomic_write`, re-exported here."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
-from hybridflow.serialization import atomic_torch_save
+from hybridflow.serialization import atomic_torch_save, atomic_write
 
 __all__ = ["atomic_write", "load_checkpoint", "save_checkpoint"]
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    """Write a file so that readers see the old content or the whole new one, never a part.
-
-    ``write`` fills a temporary file in the same folder, which is flushed to disk and then
-    renamed over ``path`` with :func:`os.replace` (atomic on POSIX and Windows). If ``write``
-    raises, or the process dies before the rename, ``path`` keeps its previous content and the
-    temporary file is removed (when the process survives to do it).
-
-    Args:
-        path: the destination; its folder is created if needed.
-        write: called with the open binary temporary file.
-
-    Returns:
-        ``path`` as a :class:`~pathlib.Path`.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    return target
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:

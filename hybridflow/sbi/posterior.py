@@ -38,10 +38,9 @@ def sample_posterior(
         x_o: one observation batched as the flow expects (``(1, *x_shape)``, or unbatched when
             the flow knows its ``observation_shape``).
         num_samples: the number of samples.
-        prior: optional prior whose support bounds the samples.
+        prior: optional prior whose support bounds the samples (checked on the CPU).
         batch_size: samples drawn per round.
         max_rounds: rounds of rejection before giving up with ``RuntimeError``.
-        (The prior's support is checked on the CPU.)
 
     Returns:
         The samples, without gradients.

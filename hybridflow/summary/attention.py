@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from hybridflow.config import Configurable
 from hybridflow.summary.mlp import mlp_layers
 from hybridflow.summary.sets import as_padded_set
 from hybridflow.summary.validation import check_size
@@ -33,7 +34,7 @@ class _AttentionBlock(nn.Module):
         return self.norm2(h + self.feedforward(h))
 
 
-class SetTransformer(nn.Module):
+class SetTransformer(nn.Module, Configurable):
     r"""Set Transformer summary: self-attention between the elements, then attention pooling.
 
     Each element is embedded linearly, passes ``blocks`` self-attention blocks (every element

@@ -6,6 +6,7 @@ from typing import Literal, get_args
 
 from torch import Tensor, nn
 
+from hybridflow.config import Configurable
 from hybridflow.summary.validation import check_size
 
 __all__ = ["CNN", "SummaryOutput"]
@@ -18,7 +19,7 @@ _POOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool
 _LAYOUT = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, D, H, W)"}
 
 
-class CNN(nn.Module):
+class CNN(nn.Module, Configurable):
     r"""Convolutional summary network for observations on a grid.
 
     ``depth`` convolutions (kernel 3, "same" padding, GELU) extract local features of an

@@ -8,6 +8,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from hybridflow.config import Configurable
 from hybridflow.summary.mlp import mlp_layers
 from hybridflow.summary.sets import as_padded_set
 from hybridflow.summary.validation import check_size
@@ -18,7 +19,7 @@ Pooling = Literal["mean", "sum", "max"]
 """How :class:`DeepSet` pools the per-element features over the set."""
 
 
-class DeepSet(nn.Module):
+class DeepSet(nn.Module, Configurable):
     r"""Deep Sets: :math:`s(\{x_i\}_{i=1}^n) = \rho\big(\operatorname{pool}_i \phi(x_i),\
     \log(1 + n)\big)`.
 

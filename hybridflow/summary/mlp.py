@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from hybridflow.config import Configurable
 from hybridflow.summary.validation import check_size
 
 __all__ = ["MLP", "mlp_layers"]
@@ -26,7 +27,7 @@ def mlp_layers(in_features: int, out_features: int, hidden: int, depth: int) -> 
     return nn.Sequential(*layers)
 
 
-class MLP(nn.Module):
+class MLP(nn.Module, Configurable):
     r"""Multilayer perceptron :math:`s(x) = W_L \sigma(\dots \sigma(W_1 \operatorname{vec}(x)))`.
 
     Each observation ``(B, *shape)`` is flattened to ``(B, in_features)``; the output is

@@ -116,7 +116,13 @@ def check_adjoint(
     """Assert that :func:`adjoint_test` passes; returns the relative error.
 
     Args:
-        operator, x, y, batch, dtype, device, seed: as for :func:`adjoint_test`.
+        operator: the operator to test.
+        x: a batch ``(B, *in_shape)``, random by default (as for :func:`adjoint_test`).
+        y: a batch ``(B, *out_shape)``, random by default.
+        batch: ``B`` for random ``x`` and ``y``.
+        dtype: real dtype of random ``x`` and ``y``.
+        device: device of random ``x`` and ``y``.
+        seed: seed of random ``x`` and ``y``.
         rtol: the largest accepted relative error;
             :func:`default_adjoint_tolerance` of the inputs' dtype by default.
 

@@ -1,0 +1,40 @@
+"""Benchmarks as a library: peak memory and time in fresh processes and the Glow-like model.
+
+The measurements that start child processes are submodules, run as ``python -m`` by their
+parents: :mod:`hybridflow.bench.memory_depth` (memory versus depth and image size) and
+:mod:`hybridflow.bench.step_memory` (one posterior-training step per mode)."""
+
+from hybridflow.bench.glow_like import BenchMode, GlowLike, gaussian_nll, training_step
+from hybridflow.bench.probes import (
+    MEMORY_ENV,
+    TIME_ENV,
+    ChildError,
+    current_rss,
+    measure_peak,
+    measure_time,
+    peak_memory_unavailable,
+    peak_since_reset,
+    reset_peak,
+    run_child,
+    saved_bytes,
+    saved_storages,
+)
+
+__all__ = [
+    "MEMORY_ENV",
+    "TIME_ENV",
+    "BenchMode",
+    "ChildError",
+    "GlowLike",
+    "current_rss",
+    "gaussian_nll",
+    "measure_peak",
+    "measure_time",
+    "peak_memory_unavailable",
+    "peak_since_reset",
+    "reset_peak",
+    "run_child",
+    "saved_bytes",
+    "saved_storages",
+    "training_step",
+]

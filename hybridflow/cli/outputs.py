@@ -1,0 +1,83 @@
+"""Output files of the command line and the benchmarks: checked folders, atomic writes."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hybridflow.cli.errors import UsageError
+from hybridflow.serialization import atomic_write
+
+__all__ = ["OutputError", "check_output_folder", "pyplot", "save_figure", "write_text"]
+
+
+class OutputError(UsageError):
+    """An output folder or file that cannot be written; the message names the path."""
+
+
+def check_output_folder(folder: str | os.PathLike[str]) -> Path:
+    """Create ``folder`` if needed and check that files can be created in it.
+
+    Called before any work starts, so that a run never computes for minutes and then fails
+    to write, and never leaves half its outputs behind.
+
+    Raises:
+        OutputError: the path is a file, lies under a file, or is not writable.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> file = Path(tempfile.mkdtemp()) / "file"
+        >>> _ = file.write_text("")
+        >>> try:
+        ...     check_output_folder(file / "out")
+        ... except OutputError as error:
+        ...     print(str(error).endswith(f"{file} is a file"))
+        True
+    """
+    path = Path(folder)
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"cannot use {path} as output folder: {parent} is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-check.", dir=path)
+    except OSError as error:
+        raise OutputError(
+            f"cannot use {path} as output folder: {error.strerror or error}"
+        ) from error
+    os.close(handle)
+    os.unlink(probe)
+    return path
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    return atomic_write(path, lambda file: file.write(text.encode()))
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (files only, no display).
+
+    Raises:
+        ImportError: matplotlib is missing, with the command that installs it.
+    """
+    try:
+        import matplotlib
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("figures need matplotlib: pip install 'hybridflow[sbi]'") from error
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(figure: Any, path: str | os.PathLike[str], dpi: int = 100) -> Path:
+    """Render a matplotlib ``figure`` to PNG, close it and write the file atomically."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    pyplot().close(figure)
+    return atomic_write(path, lambda file: file.write(buffer.getvalue()))

@@ -1,0 +1,388 @@
+"""Training recipes: a task, a conditional flow and NPE settings, as plain data from a file.
+
+A recipe is a dict of sections, read from TOML (or YAML where PyYAML is installed)::
+
+    [task]          name = "digits" | "two_moons" | "slcp" | "gaussian_linear", plus the
+                    task's own options (digits: kind, noise_std, blur_std, keep, mask_seed;
+                    gaussian_linear: dim)
+    [simulations]   count, seed
+    [flow]          kind = "glow" (image parameters) | "coupling" (vectors), mode, depth,
+                    hidden, seed; glow: levels, squeeze, clamp; coupling: coupling, bins, bound
+    [summary]       kind = "cnn" | "mlp" | "none", features; cnn: hidden, depth, output,
+                    pool_size; mlp: hidden, depth
+    [training]      the fields of hybridflow.sbi.NPEConfig (false for "none" in patience and
+                    clip_grad_norm)
+
+Every section and key is optional but ``task.name``; :func:`check_recipe` fills the defaults
+(which depend on the task: a Glow with a CNN summary for images, couplings with an MLP for
+vectors) and refuses unknown sections and keys by name. The checked recipe is stored in the
+saved model's metadata, so ``hybridflow sample`` can rebuild the task.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hybridflow.cli.errors import UsageError
+from hybridflow.distributions import ConditionalFlow, coupling_flow
+from hybridflow.networks import Glow
+from hybridflow.sbi import (
+    SLCP,
+    DigitsInverseProblem,
+    GaussianLinear,
+    NPEConfig,
+    Task,
+    TwoMoons,
+)
+from hybridflow.summary import CNN, MLP
+
+__all__ = [
+    "TASKS",
+    "build_flow",
+    "build_task",
+    "check_recipe",
+    "load_recipe",
+    "npe_config",
+    "recipe_summary",
+]
+
+TASKS: dict[str, type[Task]] = {
+    "digits": DigitsInverseProblem,
+    "gaussian_linear": GaussianLinear,
+    "slcp": SLCP,
+    "two_moons": TwoMoons,
+}
+"""The tasks a recipe may name, with the class that :func:`build_task` calls."""
+
+_TASK_OPTIONS: dict[str, dict[str, Any]] = {
+    "digits": {"kind": "deblur", "noise_std": 0.05, "blur_std": 1.0, "keep": 0.5, "mask_seed": 0},
+    "gaussian_linear": {"dim": 10},
+    "slcp": {},
+    "two_moons": {},
+}
+_SIMULATIONS = {"count": 10_000, "seed": 0}
+_FLOW_COMMON = {"mode": "invert", "depth": 4, "hidden": 64, "seed": 0}
+_FLOW = {
+    "glow": {**_FLOW_COMMON, "levels": 2, "squeeze": "pixel", "clamp": 2.0},
+    "coupling": {**_FLOW_COMMON, "coupling": "affine", "bins": 8, "bound": 4.0},
+}
+_SUMMARY = {
+    "cnn": {"features": 8, "hidden": 32, "depth": 3, "output": None, "pool_size": 4},
+    "mlp": {"features": 8, "hidden": 64, "depth": 2},
+    "none": {},
+}
+_OPTIONAL = ("patience", "clip_grad_norm")  # NPEConfig fields where `false` means None
+
+
+def _where(source: str, section: str) -> str:
+    return f"{source}: [{section}]"
+
+
+def _fill(
+    given: Any, defaults: dict[str, Any], source: str, section: str, fixed: tuple[str, ...]
+) -> dict[str, Any]:
+    """``defaults`` updated with ``given``; unknown keys are refused by name."""
+    if not isinstance(given, dict):
+        raise UsageError(f"{_where(source, section)} must be a table, got {given!r}")
+    unknown = sorted(set(given) - set(defaults) - set(fixed))
+    if unknown:
+        known = ", ".join(sorted({*defaults, *fixed}))
+        raise UsageError(
+            f"{_where(source, section)} has unknown key(s) {', '.join(unknown)}; known: {known}"
+        )
+    return {**defaults, **given}
+
+
+def _check_sizes(
+    values: dict[str, Any], minimums: dict[str, int], source: str, section: str
+) -> None:
+    """Refuse a size that is not an int of at least its minimum (naming section and key)."""
+    for key, minimum in minimums.items():
+        value = values.get(key)
+        if key in values and (
+            not isinstance(value, int) or isinstance(value, bool) or value < minimum
+        ):
+            raise UsageError(
+                f"{_where(source, section)} {key} must be an int >= {minimum}, got {value!r}"
+            )
+
+
+_FLOW_SIZES = {"depth": 1, "hidden": 1, "levels": 1, "bins": 1, "seed": 0}
+_SUMMARY_SIZES = {
+    "cnn": {"features": 1, "hidden": 1, "depth": 1, "pool_size": 1},
+    "mlp": {"features": 1, "hidden": 1, "depth": 0},
+    "none": {},
+}
+
+
+def _choice(value: Any, choices: list[str], source: str, section: str, key: str) -> str:
+    if value not in choices:
+        raise UsageError(
+            f"{_where(source, section)} {key} must be one of {', '.join(choices)}, got {value!r}"
+        )
+    return value
+
+
+def check_recipe(data: Any, source: str = "recipe") -> dict[str, Any]:
+    """Check a recipe and fill in its defaults; returns a new dict.
+
+    Args:
+        data: the recipe as read from a file.
+        source: where it came from (the file name), quoted in errors.
+
+    Raises:
+        UsageError: an unknown section, key, task or kind, or a value of the wrong type,
+            named with its section.
+
+    Example:
+        >>> recipe = check_recipe({"task": {"name": "two_moons"}, "training": {"patience": False}})
+        >>> recipe["flow"]["kind"], recipe["summary"]["kind"], recipe["training"]["patience"]
+        ('coupling', 'mlp', None)
+    """
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: a recipe is a table of sections, got {type(data).__name__}")
+    sections = ("task", "simulations", "flow", "summary", "training")
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise UsageError(
+            f"{source}: unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}"
+        )
+    data = copy.deepcopy(data)
+    task_section = data.get("task")
+    if not isinstance(task_section, dict) or "name" not in task_section:
+        raise UsageError(f"{source}: [task] name is required (one of {', '.join(sorted(TASKS))})")
+    name = _choice(task_section["name"], sorted(TASKS), source, "task", "name")
+    task = _fill(task_section, _TASK_OPTIONS[name], source, "task", ("name",))
+    images = name == "digits"
+
+    simulations = _fill(data.get("simulations", {}), _SIMULATIONS, source, "simulations", ())
+    for key, minimum in (("count", 2), ("seed", 0)):
+        value = simulations[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise UsageError(
+                f"{_where(source, 'simulations')} {key} must be an int >= {minimum}, got {value!r}"
+            )
+
+    flow_section = data.get("flow", {})
+    flow_kind = _choice(
+        flow_section.get("kind", "glow" if images else "coupling"),
+        sorted(_FLOW),
+        source,
+        "flow",
+        "kind",
+    )
+    if flow_kind == "glow" and not images:
+        raise UsageError(
+            f"{_where(source, 'flow')} kind 'glow' needs image parameters; task {name!r} has "
+            "vectors: use kind = 'coupling'"
+        )
+    if flow_kind == "coupling" and images:
+        raise UsageError(
+            f"{_where(source, 'flow')} kind 'coupling' needs vector parameters; task {name!r} "
+            "has images: use kind = 'glow'"
+        )
+    flow = {"kind": flow_kind, **_fill(flow_section, _FLOW[flow_kind], source, "flow", ("kind",))}
+    _check_sizes(flow, _FLOW_SIZES, source, "flow")
+
+    summary_section = data.get("summary", {})
+    summary_kind = _choice(
+        summary_section.get("kind", "cnn" if images else "mlp"),
+        sorted(_SUMMARY),
+        source,
+        "summary",
+        "kind",
+    )
+    if summary_kind == "cnn" and not images:
+        raise UsageError(
+            f"{_where(source, 'summary')} kind 'cnn' needs image observations; task {name!r} "
+            "has vectors: use kind = 'mlp' or 'none'"
+        )
+    summary = {
+        "kind": summary_kind,
+        **_fill(summary_section, _SUMMARY[summary_kind], source, "summary", ("kind",)),
+    }
+    _check_sizes(summary, _SUMMARY_SIZES[summary_kind], source, "summary")
+    if summary_kind == "cnn" and summary["output"] is None:
+        summary["output"] = "field" if flow_kind == "glow" else "vector"
+
+    defaults = {f.name: getattr(NPEConfig(), f.name) for f in fields(NPEConfig)}
+    defaults.pop("progress")
+    training = _fill(data.get("training", {}), defaults, source, "training", ())
+    for key in _OPTIONAL:
+        if training[key] is False:
+            training[key] = None
+    try:
+        NPEConfig(**training)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"{_where(source, 'training')} {error}") from error
+    return {
+        "task": {"name": name, **{k: v for k, v in task.items() if k != "name"}},
+        "simulations": simulations,
+        "flow": flow,
+        "summary": summary,
+        "training": training,
+    }
+
+
+def _read_toml(path: Path) -> Any:
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ImportError as error:
+            raise UsageError(
+                f"{path}: reading TOML needs Python 3.11 or the tomli package (pip install tomli)"
+            ) from error
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except tomllib.TOMLDecodeError as error:
+        raise UsageError(f"{path} is not valid TOML: {error}") from error
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        import yaml
+    except ImportError as error:
+        raise UsageError(
+            f"{path}: YAML configs need PyYAML (pip install pyyaml); TOML needs nothing"
+        ) from error
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise UsageError(f"{path} is not valid YAML: {error}") from error
+
+
+def load_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a recipe from a ``.toml`` (or ``.yaml``/``.yml``) file and check it.
+
+    Raises:
+        UsageError: no such file, a file that does not parse, or a bad recipe.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        data = _read_toml(path)
+    elif suffix in (".yaml", ".yml"):
+        data = _read_yaml(path)
+    else:
+        raise UsageError(f"config file {path}: expected a .toml (or .yaml) file")
+    return check_recipe(data, str(path))
+
+
+def build_task(recipe: dict[str, Any]) -> Task:
+    """The task of a checked recipe.
+
+    Raises:
+        UsageError: the task refuses an option (the message quotes it).
+    """
+    options = {k: v for k, v in recipe["task"].items() if k != "name"}
+    try:
+        return TASKS[recipe["task"]["name"]](**options)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"[task] {error}") from error
+
+
+def build_flow(recipe: dict[str, Any], task: Task) -> ConditionalFlow:
+    """The conditional flow of a checked recipe for ``task`` (weights from ``flow.seed``;
+    the global random state is left as it was).
+
+    Raises:
+        UsageError: a size the network refuses, e.g. images not divisible by
+            ``2**levels``.
+    """
+    flow, summary = recipe["flow"], recipe["summary"]
+    features = summary.get("features", 0)
+    x_shape, theta_shape = task.x_shape, task.theta_shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(flow["seed"])
+        try:
+            if summary["kind"] == "cnn":
+                network: torch.nn.Module | None = CNN(
+                    x_shape[0],
+                    features,
+                    spatial_dims=len(x_shape) - 1,
+                    hidden=summary["hidden"],
+                    depth=summary["depth"],
+                    output=summary["output"],
+                    pool_size=summary["pool_size"],
+                )
+            elif summary["kind"] == "mlp":
+                network = MLP(list(x_shape), features, summary["hidden"], summary["depth"])
+            else:
+                network = None
+                features = math.prod(x_shape)
+                if len(x_shape) != 1:
+                    raise UsageError(
+                        "[summary] kind 'none' needs vector observations; use 'cnn' for images"
+                    )
+            if flow["kind"] == "glow":
+                sizes = theta_shape[1:]
+                if any(s % 2 ** flow["levels"] for s in sizes):
+                    raise UsageError(
+                        f"[flow] levels = {flow['levels']}: the parameter's sizes {sizes} must "
+                        f"be divisible by 2**levels = {2 ** flow['levels']}"
+                    )
+                transform = Glow(
+                    theta_shape[0],
+                    levels=flow["levels"],
+                    depth=flow["depth"],
+                    hidden=flow["hidden"],
+                    cond_channels=features,
+                    spatial_dims=len(theta_shape) - 1,
+                    mode=flow["mode"],
+                    squeeze=flow["squeeze"],
+                    clamp=flow["clamp"],
+                    seed=flow["seed"],
+                )
+            else:
+                transform = coupling_flow(
+                    theta_shape[0],
+                    features,
+                    depth=flow["depth"],
+                    hidden=flow["hidden"],
+                    coupling=flow["coupling"],
+                    bins=flow["bins"],
+                    bound=flow["bound"],
+                    mode=flow["mode"],
+                    seed=flow["seed"],
+                )
+        except (TypeError, ValueError) as error:
+            if isinstance(error, UsageError):
+                raise
+            raise UsageError(f"[flow]/[summary] {error}") from error
+    return ConditionalFlow(transform, network, event_shape=theta_shape, observation_shape=x_shape)
+
+
+def npe_config(recipe: dict[str, Any], *, progress: bool, **overrides: Any) -> NPEConfig:
+    """The :class:`~hybridflow.sbi.NPEConfig` of a checked recipe (``overrides`` win).
+
+    Raises:
+        UsageError: an override out of range.
+    """
+    try:
+        return NPEConfig(**{**recipe["training"], **overrides, "progress": progress})
+    except (TypeError, ValueError) as error:
+        raise UsageError(str(error)) from error
+
+
+def recipe_summary(recipe: dict[str, Any]) -> str:
+    """One line that says what a recipe trains."""
+    task, flow, summary = recipe["task"], recipe["flow"], recipe["summary"]
+    options = ", ".join(f"{k}={v}" for k, v in task.items() if k != "name")
+    shape = f"levels={flow['levels']}, " if flow["kind"] == "glow" else ""
+    return (
+        f"task {task['name']}({options}); {flow['kind']} flow ({shape}depth={flow['depth']}, "
+        f"hidden={flow['hidden']}, mode={flow['mode']}) with a {summary['kind']} summary; "
+        f"{recipe['simulations']['count']} simulations"
+    )

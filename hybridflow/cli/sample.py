@@ -1,0 +1,182 @@
+"""``hybridflow sample --model FILE``: posterior samples for given observations.
+
+Observations come from a tensor file (``--observations x.pt``: a tensor ``(B, *x_shape)`` or
+one observation ``x_shape``, or a dict holding one under ``"x"``) or from the task's held-out
+reference observations (``--held-out 0 1 2``, the default being the first four; needs a model
+trained by ``hybridflow train`` or ``hybridflow demo``, whose recipe names the task). Writes a
+``.pt`` file (``torch.load(..., weights_only=True)``) holding ``samples``
+``(num, B, *theta_shape)``, ``observations``, ``mean``, ``std`` and, for held-out
+observations, ``truth``; ``--png`` also draws them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hybridflow.cli.errors import UsageError
+from hybridflow.cli.figures import image_posterior, vector_posterior
+from hybridflow.cli.outputs import check_output_folder
+from hybridflow.cli.recipe import build_task, check_recipe
+from hybridflow.cli.threads import torch_threads
+from hybridflow.distributions import ConditionalFlow
+from hybridflow.serialization import atomic_torch_save, load
+
+__all__ = ["add_parser", "draw_samples", "load_flow", "read_observations", "run"]
+
+
+def load_flow(path: str | Path) -> tuple[ConditionalFlow, dict[str, Any]]:
+    """Load a conditional flow saved with :func:`hybridflow.save`; ``(flow, metadata)``.
+
+    Raises:
+        UsageError: no such file, not a hybridflow model file, or not a conditional flow.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"model file {path} does not exist")
+    try:
+        flow, metadata = load(path)
+    except Exception as error:  # torch.load and from_config raise many kinds
+        raise UsageError(f"cannot load a model from {path}: {error}") from error
+    if not isinstance(flow, ConditionalFlow):
+        raise UsageError(
+            f"{path} holds a {type(flow).__name__}, not a ConditionalFlow; sampling a posterior "
+            "needs a conditional flow"
+        )
+    return flow.eval(), metadata
+
+
+def read_observations(path: str | Path) -> Tensor:
+    """Observations from a tensor file: a tensor, or a dict with the tensor under ``"x"``.
+
+    Raises:
+        UsageError: no such file, or no tensor in it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"observation file {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many kinds for a file it cannot read
+        raise UsageError(f"cannot read observations from {path}: {error}") from error
+    if isinstance(data, dict) and isinstance(data.get("x"), Tensor):
+        data = data["x"]
+    if not isinstance(data, Tensor) or not data.is_floating_point():
+        raise UsageError(
+            f"{path} must hold a floating-point tensor of observations (or a dict with one "
+            f"under 'x'), got {type(data).__name__}"
+        )
+    return data
+
+
+def draw_samples(flow: ConditionalFlow, observations: Tensor, num: int, seed: int) -> Tensor:
+    """``num`` posterior samples ``(num, B, *event_shape)`` for a batch of observations,
+    reproducible from ``seed`` (the global random state is left as it was).
+
+    Raises:
+        UsageError: observations that do not fit the flow (the message gives both shapes).
+    """
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        try:
+            return flow(observations).sample((num,))
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``sample`` and its flags."""
+    parser = subparsers.add_parser(
+        "sample",
+        help="draw posterior samples from a saved model",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, type=Path, help="model file (model.pt)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--observations", type=Path, help="tensor file of observations")
+    source.add_argument(
+        "--held-out", type=int, nargs="+", metavar="INDEX", help="the task's held-out observations"
+    )
+    parser.add_argument("--num", type=int, default=256, help="samples per observation")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    parser.add_argument("--out", type=Path, default=Path("samples.pt"), help="output .pt file")
+    parser.add_argument("--png", type=Path, help="also draw the samples to this PNG")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``hybridflow sample``; returns the exit status."""
+    if args.num < 2:
+        raise UsageError(f"--num must be at least 2 (mean and std need two), got {args.num}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
+    if args.out.suffix != ".pt":
+        raise UsageError(f"--out must name a .pt file, got {args.out}")
+    if args.png is not None and args.png.suffix.lower() != ".png":
+        raise UsageError(f"--png must name a .png file, got {args.png}")
+    with torch_threads(args.threads):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Read the model and the observations, check the outputs, sample, write."""
+    flow, metadata = load_flow(args.model)
+    truth, missing = None, None
+    if args.observations is not None:
+        observations = read_observations(args.observations)
+        shape = flow.observation_shape
+        if shape is not None and observations.dim() == len(shape):
+            observations = observations.unsqueeze(0)  # one unbatched observation
+        titles = [f"observation {i}" for i in range(observations.shape[0])]
+    else:
+        if "recipe" not in metadata:
+            raise UsageError(
+                f"{args.model} has no recipe in its metadata (it was not saved by hybridflow "
+                "train or demo), so its task is unknown: pass --observations FILE"
+            )
+        task = build_task(check_recipe(metadata["recipe"], f"{args.model} metadata"))
+        indices = args.held_out if args.held_out is not None else [0, 1, 2, 3]
+        if min(indices) < 0:
+            raise UsageError(f"--held-out indices must be >= 0, got {indices}")
+        pairs = [task.observation(i) for i in indices]
+        truth = torch.stack([theta for theta, _ in pairs])
+        observations = torch.stack([x for _, x in pairs])
+        titles = [f"held-out {i}" for i in indices]
+        mask = getattr(task, "mask", None)  # the inpainting task's observed pixels
+        missing = None if mask is None else ~mask
+    for target in (args.out, args.png):  # after every input is read: a refusal creates nothing
+        if target is not None:
+            check_output_folder(target.parent)
+    samples = draw_samples(flow, observations, args.num, args.seed)
+    result = {
+        "samples": samples,
+        "observations": observations,
+        "mean": samples.mean(0),
+        "std": samples.std(0),
+    }
+    if truth is not None:
+        result["truth"] = truth
+    atomic_torch_save(result, args.out)
+    print(
+        f"wrote {args.out}: samples {tuple(samples.shape)} for {observations.shape[0]} "
+        "observation(s)"
+    )
+    if args.png is not None:
+        if samples.dim() == 5:
+            path = image_posterior(
+                observations, samples, args.png, truth, titles=titles, missing=missing
+            )
+        elif samples.dim() == 3:
+            path = vector_posterior(samples, args.png, truth, titles=titles)
+        else:
+            print(f"no figure: parameters of shape {tuple(samples.shape[2:])}", file=sys.stderr)
+            return 0
+        print(f"wrote {path}")
+    return 0

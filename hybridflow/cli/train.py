@@ -1,0 +1,206 @@
+"""``hybridflow train --config FILE``: neural posterior estimation from a recipe, resumable.
+
+Writes to the output folder (default ``runs/<config name>``): ``checkpoint.pt`` after every
+epoch (what ``--resume`` continues from), then ``model.pt`` (:func:`hybridflow.save`: config,
+weights and the recipe as metadata), ``history.csv`` and ``training_curve.png``. Every file is
+written atomically, so an interrupted run leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from hybridflow.cli.errors import UsageError
+from hybridflow.cli.figures import training_curve
+from hybridflow.cli.outputs import check_output_folder, pyplot, write_text
+from hybridflow.cli.recipe import (
+    build_flow,
+    build_task,
+    load_recipe,
+    npe_config,
+    recipe_summary,
+)
+from hybridflow.cli.threads import torch_threads
+from hybridflow.distributions import ConditionalFlow
+from hybridflow.sbi import EpochRecord, NPEHistory, NPETrainer, Task, load_checkpoint, simulate
+from hybridflow.serialization import save
+
+__all__ = ["TrainResult", "add_parser", "run", "train_recipe"]
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_recipe` produced.
+
+    Attributes:
+        flow: the trained flow (weights of the best epoch), in eval mode.
+        task: the recipe's task.
+        history: the training history (including epochs run before a resume).
+        files: the files written, by role (``model``, ``checkpoint``, ``history``,
+            ``curve``).
+        seconds: wall time of this call.
+    """
+
+    flow: ConditionalFlow
+    task: Task
+    history: NPEHistory
+    files: dict[str, Path]
+    seconds: float
+
+
+def _history_csv(history: NPEHistory) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["epoch", "train_loss", "validation_loss", "learning_rate"])
+    for i, (loss, lr) in enumerate(zip(history.train_loss, history.learning_rate, strict=True)):
+        val = history.validation_loss[i] if i < len(history.validation_loss) else ""
+        writer.writerow([i + 1, loss, val, lr])
+    return buffer.getvalue()
+
+
+def train_recipe(
+    recipe: dict[str, Any],
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: TextIO | None = sys.stderr,
+    **overrides: Any,
+) -> TrainResult:
+    """Simulate, train and save the flow of a checked recipe into ``out``.
+
+    Args:
+        recipe: a recipe checked by :func:`hybridflow.cli.recipe.check_recipe`.
+        out: the output folder (created; checked to be writable before any work).
+        resume: continue from ``out/checkpoint.pt`` (from scratch when there is none).
+        overwrite: start afresh even though ``out/checkpoint.pt`` exists.
+        progress: show a progress bar over epochs.
+        log: where to print what happens (``None``: nowhere).
+        **overrides: fields of :class:`~hybridflow.sbi.NPEConfig` that replace the recipe's
+            (``max_epochs`` may change on resume; others must match the checkpoint).
+
+    Raises:
+        UsageError: a bad recipe or override, an output folder that cannot be written, an
+            existing checkpoint without ``resume`` or ``overwrite``, or a checkpoint that does
+            not match the recipe.
+    """
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        if log is not None:
+            print(message, file=log, flush=True)
+
+    folder = Path(out)
+    checkpoint = folder / CHECKPOINT
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+    if checkpoint.exists() and not (resume or overwrite):
+        raise UsageError(
+            f"{checkpoint} exists: pass --resume to continue that run or --overwrite to start "
+            "afresh"
+        )
+    config = npe_config(recipe, progress=progress, **overrides)
+    pyplot()  # matplotlib is needed at the end: fail now, not after training, if it is missing
+    task = build_task(recipe)
+    flow = build_flow(recipe, task)
+    check_output_folder(folder)  # last of the checks: a refused run creates nothing
+    say(f"training: {recipe_summary(recipe)}")
+    count, seed = recipe["simulations"]["count"], recipe["simulations"]["seed"]
+    data = simulate(task, count, seed=seed)
+    if resume and checkpoint.exists():
+        try:
+            finished = bool(load_checkpoint(checkpoint).get("finished"))
+        except Exception as error:  # torch.load raises many kinds for a file it cannot read
+            raise UsageError(f"cannot resume from {checkpoint}: {error}") from error
+        state = "a finished run: nothing more to train" if finished else "resuming"
+        say(f"{checkpoint}: {state}")
+    elif resume:
+        say(f"no checkpoint at {checkpoint} yet: starting afresh")
+    trainer = NPETrainer(flow, config, checkpoint=checkpoint)
+
+    def report(record: EpochRecord) -> None:
+        if not progress:
+            val = "" if record.validation_loss is None else f", val {record.validation_loss:.3f}"
+            say(f"epoch {record.epoch}: train {record.train_loss:.3f}{val}")
+
+    try:
+        history = trainer.fit(data.theta, data.x, resume=resume, on_epoch_end=report)
+    except ValueError as error:
+        message = str(error)
+        if resume and (
+            message.startswith(f"NPETrainer: {checkpoint} ")
+            or "the checkpoint was written with other settings" in message
+        ):
+            raise UsageError(f"cannot resume from {checkpoint}: {message}") from error
+        raise
+    flow.eval()
+    metadata = {
+        "recipe": recipe,
+        "epochs": history.epochs,
+        "best_epoch": history.best_epoch,
+        "final_validation_loss": history.validation_loss[-1] if history.validation_loss else None,
+    }
+    files = {"checkpoint": checkpoint, "model": folder / MODEL}
+    save(flow, files["model"], metadata)
+    files["history"] = write_text(folder / "history.csv", _history_csv(history))
+    files["curve"] = training_curve(history, folder / "training_curve.png")
+    return TrainResult(flow, task, history, files, time.perf_counter() - start)
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``train`` and its flags."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a posterior flow from a TOML config, with checkpoints and resume",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, type=Path, help="recipe file (.toml, .yaml)")
+    parser.add_argument("--out", type=Path, help="output folder (default: runs/<config name>)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    group.add_argument(
+        "--overwrite", action="store_true", help="start afresh over an existing checkpoint"
+    )
+    parser.add_argument("--epochs", type=int, help="override [training] max_epochs")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar, no messages")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``hybridflow train``; returns the exit status."""
+    recipe = load_recipe(args.config)
+    out = args.out if args.out is not None else Path("runs") / args.config.stem
+    overrides = {} if args.epochs is None else {"max_epochs": args.epochs}
+    with torch_threads(args.threads):
+        result = train_recipe(
+            recipe,
+            out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            log=None if args.quiet else sys.stderr,
+            **overrides,
+        )
+    history = result.history
+    val = history.validation_loss[history.best_epoch - 1] if history.validation_loss else None
+    print(
+        f"trained {history.epochs} epoch(s) in {result.seconds:.0f} s; kept epoch "
+        f"{history.best_epoch}" + ("" if val is None else f" (validation loss {val:.3f})")
+    )
+    for role, path in result.files.items():
+        print(f"  {role:<10} {path}")
+    print(f"next: hybridflow sample --model {result.files['model']} --png samples.png")
+    return 0
