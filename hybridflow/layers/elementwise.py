@@ -53,7 +53,7 @@ class Affine(InvertibleModule):
             raise ValueError(f"Affine: num_features must be a positive int, got {num_features!r}")
         self.num_features = num_features
         self.log_scale = nn.Parameter(torch.zeros(num_features))
-        self.shift = nn.Parameter(torch.zeros(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}"
@@ -63,14 +63,15 @@ class Affine(InvertibleModule):
         return (sign * positions * self.log_scale.sum()).to(x.dtype).expand(x.shape[0])
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_input(x, "Affine", self.num_features, None)
-        y = x * channel_view(self.log_scale.exp(), x) + channel_view(self.shift, x)
+        check_input(x, type(self).__name__, self.num_features, None)
+        y = x * channel_view(self.log_scale.exp(), x) + channel_view(self.bias, x)
         return y, self._logdet(x, 1.0)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_input(y, "Affine.inverse", self.num_features, None)
-        check_finite(y, "Affine.inverse")
-        x = (y - channel_view(self.shift, y)) * channel_view((-self.log_scale).exp(), y)
+        where = f"{type(self).__name__}.inverse"
+        check_input(y, where, self.num_features, None)
+        check_finite(y, where)
+        x = (y - channel_view(self.bias, y)) * channel_view((-self.log_scale).exp(), y)
         return x, self._logdet(y, -1.0)
 
     def reconstruct_vjp(
@@ -89,24 +90,24 @@ class Affine(InvertibleModule):
         :math:`\bar s = -\sum \bar x x - N \sum_B \overline{\log\det}`.
         """
         scale = channel_view(self.log_scale.exp(), output)
-        shift = channel_view(self.shift, output)
+        bias = channel_view(self.bias, output)
         positions = math.prod(output.shape[2:])
         if not inverse:
-            centered = output - shift
+            centered = output - bias
             rebuilt = centered / scale
             grad_input = grad_output * scale
-            grad_shift = reduce_except_channels(grad_output, torch.sum)
+            grad_bias = reduce_except_channels(grad_output, torch.sum)
             grad_log_scale = reduce_except_channels(grad_output * centered, torch.sum)
             grad_log_scale = grad_log_scale + positions * grad_logdet.sum()
         else:
-            rebuilt = output * scale + shift
+            rebuilt = output * scale + bias
             grad_input = grad_output / scale
-            grad_shift = -reduce_except_channels(grad_input, torch.sum)
+            grad_bias = -reduce_except_channels(grad_input, torch.sum)
             grad_log_scale = -reduce_except_channels(grad_output * output, torch.sum)
             grad_log_scale = grad_log_scale - positions * grad_logdet.sum()
         grads = (
             grad_log_scale if self.log_scale.requires_grad else None,
-            grad_shift if self.shift.requires_grad else None,
+            grad_bias if self.bias.requires_grad else None,
         )
         return Reconstruction(rebuilt, grad_input, None, grads)
 
