@@ -12,14 +12,14 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from hybridflow.sbi.checkpoint import load_checkpoint, save_checkpoint
+from hybridflow.sbi.checkpoint import save_checkpoint
 from hybridflow.sbi.data import NonFinitePolicy, Observations, Simulations, check_simulations
 from hybridflow.sbi.training import (
     ScheduleKind,
     build_scheduler,
-    check_config_matches,
     check_number,
     forked_rng,
+    load_run_checkpoint,
     model_device,
     progress_bar,
     restore_rng,
@@ -388,17 +388,17 @@ class NPETrainer:
 
     def _load(self, fingerprint: Tensor) -> dict[str, Any] | None:
         """The checkpoint to resume from, checked; ``None`` when there is no file."""
-        if self.checkpoint is None:
-            raise ValueError("NPETrainer.fit: resume=True needs a checkpoint path")
-        if not self.checkpoint.exists():
+        state = load_run_checkpoint(
+            self.checkpoint,
+            self.flow,
+            _FORMAT,
+            asdict(self.config),
+            _MAY_CHANGE,
+            "NPETrainer",
+            "an NPE",
+        )
+        if state is None:
             return None
-        state = load_checkpoint(self.checkpoint, map_location=model_device(self.flow))
-        if state.get("format") != _FORMAT:
-            raise ValueError(
-                f"NPETrainer: {self.checkpoint} is not an NPE checkpoint (format "
-                f"{state.get('format')!r}, expected {_FORMAT!r})"
-            )
-        check_config_matches(state["config"], asdict(self.config), _MAY_CHANGE, "NPETrainer")
         saved = state["data"].cpu()
         if saved.shape != fingerprint.shape or not torch.allclose(saved, fingerprint, rtol=1e-12):
             raise ValueError(

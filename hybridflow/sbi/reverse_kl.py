@@ -11,13 +11,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from hybridflow.sbi.checkpoint import load_checkpoint, save_checkpoint
+from hybridflow.sbi.checkpoint import save_checkpoint
 from hybridflow.sbi.task import Task
 from hybridflow.sbi.training import (
     build_scheduler,
-    check_config_matches,
     check_number,
     forked_rng,
+    load_run_checkpoint,
     model_device,
     progress_bar,
     restore_rng,
@@ -295,15 +295,12 @@ class ReverseKLTrainer:
         }
 
     def _load(self) -> dict[str, Any] | None:
-        if self.checkpoint is None:
-            raise ValueError("ReverseKLTrainer.fit: resume=True needs a checkpoint path")
-        if not self.checkpoint.exists():
-            return None
-        state = load_checkpoint(self.checkpoint, map_location=model_device(self.flow))
-        if state.get("format") != _FORMAT:
-            raise ValueError(
-                f"ReverseKLTrainer: {self.checkpoint} is not a reverse-KL checkpoint (format "
-                f"{state.get('format')!r}, expected {_FORMAT!r})"
-            )
-        check_config_matches(state["config"], asdict(self.config), _MAY_CHANGE, "ReverseKLTrainer")
-        return state
+        return load_run_checkpoint(
+            self.checkpoint,
+            self.flow,
+            _FORMAT,
+            asdict(self.config),
+            _MAY_CHANGE,
+            "ReverseKLTrainer",
+            "a reverse-KL",
+        )

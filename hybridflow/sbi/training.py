@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
+
+from hybridflow.sbi.checkpoint import load_checkpoint
 
 __all__ = [
     "Progress",
@@ -17,6 +20,7 @@ __all__ = [
     "check_config_matches",
     "check_number",
     "forked_rng",
+    "load_run_checkpoint",
     "model_device",
     "progress_bar",
     "restore_rng",
@@ -125,6 +129,32 @@ def restore_rng(state: dict[str, Tensor], generator: torch.Generator, device: to
     generator.set_state(state["generator"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def load_run_checkpoint(
+    path: Path | None,
+    flow: nn.Module,
+    expected_format: str,
+    config: dict[str, Any],
+    may_change: tuple[str, ...],
+    owner: str,
+    kind: str,
+) -> dict[str, Any] | None:
+    """The checkpoint a trainer resumes from, checked (its format and that its settings match
+    ``config``); ``None`` when there is no file yet. ``kind`` names the checkpoint in errors
+    ("an NPE", "a reverse-KL")."""
+    if path is None:
+        raise ValueError(f"{owner}.fit: resume=True needs a checkpoint path")
+    if not path.exists():
+        return None
+    state = load_checkpoint(path, map_location=model_device(flow))
+    if state.get("format") != expected_format:
+        raise ValueError(
+            f"{owner}: {path} is not {kind} checkpoint (format {state.get('format')!r}, "
+            f"expected {expected_format!r})"
+        )
+    check_config_matches(state["config"], config, may_change, owner)
+    return state
 
 
 def check_config_matches(
