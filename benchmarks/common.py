@@ -25,6 +25,7 @@ from hybridflow.bench import (
     training_step,
 )
 from hybridflow.bench import run_child as _run_child
+from hybridflow.bench.memory_depth import write_csv
 
 __all__ = [
     "MEMORY_ENV",
@@ -38,6 +39,7 @@ __all__ = [
     "reset_peak",
     "run_child",
     "training_step",
+    "write_csv",
 ]
 
 

@@ -17,7 +17,6 @@ plain float32 autograd is already inaccurate).
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import types
 from pathlib import Path
@@ -28,7 +27,7 @@ import hybridflow as hf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import GlowLike, gaussian_nll
+from common import GlowLike, gaussian_nll, write_csv
 
 
 def make_model(
@@ -130,14 +129,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{'depth':>6} " + " ".join(f"{c.removesuffix('_median'):>16}" for c in chosen))
         for row in rows:
             print(f"{row['depth']:>6} " + " ".join(f"{row[c]:>16.2e}" for c in chosen))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "float32_drift.csv"
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    write_csv(rows, args.out / "float32_drift.csv")
     return rows
 
 

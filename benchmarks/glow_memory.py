@@ -21,7 +21,6 @@ Prints a table and writes ``glow_memory.csv`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -163,15 +162,6 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
@@ -197,6 +187,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         parser.error(f"cannot create output folder {args.out}: {error}")
+    from common import write_csv
+
     rows = run(args)
     write_csv(rows, args.out / "glow_memory.csv")
     print(report(rows))

@@ -24,7 +24,6 @@ Prints a table and writes ``graph_memory.csv`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -201,7 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--side {args.side} must be divisible by 2**levels = {2**args.levels}")
     if not Path("/proc/self/clear_refs").exists():
         parser.error("peak memory is read from /proc/self (Linux only)")
-    from common import MEMORY_ENV, TIME_ENV, run_child
+    from common import MEMORY_ENV, TIME_ENV, run_child, write_csv
 
     args.out.mkdir(parents=True, exist_ok=True)
     base = {
@@ -218,11 +217,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         timing = run_child(Path(__file__), {**config, "measure": "time"}, TIME_ENV, args.timeout)
         rows.append({**memory, "seconds": timing["seconds"]})
         print(report(rows).splitlines()[-1], file=sys.stderr, flush=True)
-    path = args.out / "graph_memory.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    path = write_csv(rows, args.out / "graph_memory.csv")
     print(report(rows))
     print(f"wrote {path}")
     return rows

@@ -18,7 +18,6 @@ ratio of at most 1.2 per coupling layer.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import sys
@@ -131,15 +130,6 @@ def report(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
@@ -154,7 +144,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.child:
         child(json.loads(args.child))
         return []
-    from common import TIME_ENV, run_child
+    from common import TIME_ENV, run_child, write_csv
 
     preset = PRESETS[args.preset]
     layers = args.layers or preset["layers"]
