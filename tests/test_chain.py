@@ -219,18 +219,31 @@ def _saved_bytes(chain: hf.Chain, x: torch.Tensor) -> int:
 
 
 def test_saved_bytes_flat_in_depth_for_invert_and_growing_for_store():
+    # without the drift guard's fingerprints (drift_every=0): exactly flat
     x = torch.randn(2, 3, 8, 8)
     saved = {
-        (mode, depth): _saved_bytes(glow_chain(3, depth, mode, squeeze=True), x)
+        (mode, depth): _saved_bytes(glow_chain(3, depth, mode, squeeze=True, drift_every=0), x)
         for mode in ("store", "invert")
         for depth in (4, 32)
     }
     assert saved["invert", 4] == saved["invert", 32]
     assert saved["invert", 4] <= x.numel() * x.element_size()
     assert saved["store", 32] > 4 * saved["store", 4]
-    anchored = _saved_bytes(glow_chain(3, 32, "invert", squeeze=True, anchor_every=16), x)
+    anchored = _saved_bytes(
+        glow_chain(3, 32, "invert", squeeze=True, anchor_every=16, drift_every=0), x
+    )
     # one anchor in 3 * 32 + 1 layers, every 16 layers: 6 activations beyond the output
     assert anchored == saved["invert", 4] + 6 * x.numel() * x.element_size()
+
+
+def test_drift_guard_keeps_nine_numbers_per_sample_and_layer():
+    x = torch.randn(2, 3, 8, 8)
+    guarded = {d: _saved_bytes(glow_chain(3, d, "invert", squeeze=True), x) for d in (4, 32)}
+    bare = _saved_bytes(glow_chain(3, 4, "invert", squeeze=True, drift_every=0), x)
+    layers = {d: 1 + 3 * d for d in (4, 32)}  # squeeze + (ActNorm, InvConv1x1, coupling) steps
+    per_layer = x.shape[0] * 9 * x.element_size()
+    assert guarded[4] == bare + layers[4] * per_layer
+    assert guarded[32] == bare + layers[32] * per_layer
 
 
 class _NoisyCoupling(AffineCoupling):

@@ -11,14 +11,24 @@ from torch import Tensor, nn
 
 from hybridflow.autograd.aliases import parameter_aliases
 from hybridflow.autograd.checks import check_finite, inside_chain, is_inside_chain
+from hybridflow.autograd.drift import DriftGuard, DriftPolicy, DriftReport, PassRecord, at_layer
 from hybridflow.autograd.function import ReconstructingFunction
 from hybridflow.autograd.microbatch import check_acts_per_sample, reconstruct_in_slices
-from hybridflow.autograd.module import InvertibleModule, Reconstruction
+from hybridflow.autograd.module import InvertibleModule, Reconstruction, vjp_from_input
 from hybridflow.autograd.replay import ReplayState, is_replaying
+from hybridflow.autograd.running_stats import (
+    buffer_versions,
+    check_no_hidden_state,
+    frozen_running_stats,
+)
+from hybridflow.errors import ArgumentTypeError
 
-__all__ = ["Chain", "Mode"]
+__all__ = ["DEFAULT_DRIFT_EVERY", "Chain", "Mode"]
 
 Mode = Literal["store", "invert"]
+
+DEFAULT_DRIFT_EVERY = 16
+"""Check one differentiable call in this many by default (the first always)."""
 
 
 class Chain(InvertibleModule):
@@ -48,6 +58,27 @@ class Chain(InvertibleModule):
             (seeded once per call), so that random layers (dropout in a conditioner) draw the
             same numbers when re-run during backward. Costs one integer per call; disable only
             for deterministic layers. ``"store"`` mode draws exactly as ``nn.Sequential``.
+        on_drift: in ``"invert"`` mode, what the drift guard does when a rebuilt layer input
+            is further from the forward pass's than ``drift_tolerance``
+            (:mod:`hybridflow.autograd.drift`): ``"warn"`` (once, naming the layer),
+            ``"raise"`` (:class:`~hybridflow.errors.ReconstructionError` before any gradient
+            is returned) or ``"repair"`` (keep anchor activations from the next call on).
+            Non-finite rebuilt values always raise. The last measurement is
+            :attr:`drift_report`.
+        drift_tolerance: relative error ``||h' - h|| / ||h||`` allowed per rebuilt layer
+            input; ``None``: 1e-3 for float32, 1e-7 for float64, 5e-2 for half precisions.
+        drift_every: check one differentiable call in this many (the first always; ``1``:
+            every call; ``0``: none, NaN/Inf are still caught). A checked call keeps
+            ``9`` numbers per sample and layer (the whole sample when it has at most 8) and
+            costs a projection of each activation in both passes.
+
+        name: the chain's name in messages (errors, drift warnings); default
+            ``"Chain of N layers"``.
+
+    Raises:
+        hybridflow.errors.ModifiedError: in backward, when a parameter or buffer of the
+            chain, its output or its condition changed in place after the forward pass (as
+            autograd refuses a modified saved tensor).
 
     Example:
         >>> import torch, hybridflow as hf
@@ -65,6 +96,10 @@ class Chain(InvertibleModule):
         anchor_every: int | None = None,
         micro_batches: int = 1,
         preserve_rng_state: bool = True,
+        on_drift: DriftPolicy = "warn",
+        drift_tolerance: float | None = None,
+        drift_every: int = DEFAULT_DRIFT_EVERY,
+        name: str | None = None,
     ) -> None:
         super().__init__()
         for i, module in enumerate(modules):
@@ -85,6 +120,17 @@ class Chain(InvertibleModule):
         self.anchor_every = anchor_every
         self.micro_batches = micro_batches
         self.preserve_rng_state = preserve_rng_state
+        if name is not None and not isinstance(name, str):
+            raise ArgumentTypeError(
+                f"Chain: name must be a string or None, got {name!r}", argument="name"
+            )
+        self.name = name
+        self._drift_guard = DriftGuard(on_drift, drift_tolerance, drift_every, "Chain")
+
+    @property
+    def drift_report(self) -> DriftReport | None:
+        """What the drift guard measured on the last checked backward (``None`` before)."""
+        return self._drift_guard.report
 
     def config_arguments(self) -> dict[str, object]:
         return {
@@ -93,6 +139,10 @@ class Chain(InvertibleModule):
             "anchor_every": self.anchor_every,
             "micro_batches": self.micro_batches,
             "preserve_rng_state": self.preserve_rng_state,
+            "on_drift": self._drift_guard.on_drift,
+            "drift_tolerance": self._drift_guard.tolerance,
+            "drift_every": self._drift_guard.every,
+            "name": self.name,
         }
 
     def __len__(self) -> int:
@@ -107,7 +157,30 @@ class Chain(InvertibleModule):
     def extra_repr(self) -> str:
         anchors = f", anchor_every={self.anchor_every}" if self.anchor_every else ""
         slices = f", micro_batches={self.micro_batches}" if self.micro_batches > 1 else ""
-        return f"mode={self.mode!r}{anchors}{slices}"
+        guard = self._drift_guard
+        drift = "" if guard.on_drift == "warn" else f", on_drift={guard.on_drift!r}"
+        return f"mode={self.mode!r}{anchors}{slices}{drift}"
+
+    def _describe(self) -> str:
+        """The chain's name in messages."""
+        return self.name if self.name is not None else f"Chain of {len(self)} layers"
+
+    def _pass_record(self, x: Tensor) -> PassRecord | None:
+        """What the reconstructing Function records in this call: fingerprints when the
+        drift guard checks it, anchors when there are any; ``None`` for neither."""
+        checked = self._drift_guard.next_call_checked()
+        anchors = self._drift_guard.repair_paths | self._anchor_paths()
+        if not checked and not anchors:
+            return None
+        first = self._drift_guard.calls == 1
+        return PassRecord(x.shape[0], anchors, fingerprints=checked, first=first)
+
+    def _anchor_paths(self) -> frozenset[tuple[int, ...]]:
+        """``anchor_every`` as record paths: the input of every ``m``-th step after the first."""
+        m, total = self.anchor_every, len(self.layers)
+        if m is None:
+            return frozenset()
+        return frozenset((index,) for index in range(m, total, m))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with _rollback_data_init_on_error(self):
@@ -170,26 +243,25 @@ class Chain(InvertibleModule):
         *,
         inverse: bool,
         replay: ReplayState,
-        anchors: dict[int, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Apply every layer (forward or inverse), summing log determinants.
 
-        With ``anchors`` given and ``anchor_every`` set, the activation after every
-        ``anchor_every``-th step (but the last) is stored in it, keyed by step count.
+        Under an active :class:`~hybridflow.autograd.drift.PassRecord` (a checked or anchored
+        invert-mode pass), each layer's input is fingerprinted and, where asked, kept.
         """
         logdet = h.new_zeros(h.shape[0])
-        steps = self._steps(inverse)
         with inside_chain(), replay.layers():
-            for count, (index, layer) in enumerate(steps, start=1):
-                with replay.layer(index), _named_errors(self, index, layer):
-                    h, layer_logdet = layer.inverse(h, cond) if inverse else layer(h, cond)
+            for index, layer in self._steps(inverse):
+                with at_layer(index, layer) as record:
+                    if record is not None and not record.checking:
+                        record.record_input(h)
+                    watch = _watches_state(record, layer)
+                    with replay.layer(index), _named_errors(self, index, layer):
+                        h, layer_logdet = layer.inverse(h, cond) if inverse else layer(h, cond)
+                    if watch is not None:
+                        check_no_hidden_state(layer, watch, " > ".join(record.labels))
                 logdet = logdet + layer_logdet
-                if anchors is not None and self._is_anchor(count, len(steps)):
-                    anchors[count] = h
         return h, logdet
-
-    def _is_anchor(self, count: int, total: int) -> bool:
-        return self.anchor_every is not None and count < total and count % self.anchor_every == 0
 
     def reconstruct_vjp(
         self,
@@ -203,7 +275,7 @@ class Chain(InvertibleModule):
         """Reconstruct through every layer (used when this chain is nested in another)."""
         replay = ReplayState.capture(output.device, self._seeds_layers())
         return self._reconstruct_layers(
-            output, grad_output, grad_logdet, cond, inverse=inverse, replay=replay, anchors={}
+            output, grad_output, grad_logdet, cond, inverse=inverse, replay=replay
         )
 
     def _reconstruct_layers(
@@ -215,12 +287,13 @@ class Chain(InvertibleModule):
         *,
         inverse: bool,
         replay: ReplayState,
-        anchors: dict[int, Tensor],
     ) -> Reconstruction:
         """Walk the pass backwards: each layer rebuilds its input and back-propagates.
 
         Parameter gradients are gathered per parameter of this chain (shared parameters
-        accumulate); condition gradients are summed over layers.
+        accumulate); condition gradients are summed over layers. Under an active record, each
+        rebuilt input is measured against its fingerprint; a layer whose input was kept (an
+        anchor) is differentiated from it instead, exactly. Running statistics (BatchNorm) are left as the forward pass left them.
         """
         params = tuple(self.parameters())
         position = {id(p): k for k, p in enumerate(params)}
@@ -229,16 +302,21 @@ class Chain(InvertibleModule):
         h, grad_h = output, grad_output
         steps = self._steps(inverse)
         with inside_chain(), replay.layers():
-            for count in range(len(steps), 0, -1):
-                index, layer = steps[count - 1]
-                h = anchors.get(count, h)
+            for index, layer in reversed(steps):
                 layer_params = tuple(layer.parameters())
                 with (
+                    at_layer(index, layer) as record,
                     replay.layer(index),
                     _named_errors(self, index, layer),
                     parameter_aliases(layer),
+                    frozen_running_stats(layer),
                 ):
-                    if self.micro_batches > 1:
+                    anchor = None if record is None else record.anchor()
+                    if anchor is not None:  # exact: differentiate the pass from its kept input
+                        result = vjp_from_input(
+                            layer, anchor, grad_h, grad_logdet, cond, inverse=inverse
+                        )
+                    elif self.micro_batches > 1:
                         result = reconstruct_in_slices(
                             layer,
                             h,
@@ -252,7 +330,9 @@ class Chain(InvertibleModule):
                         result = layer.reconstruct_vjp(
                             h, grad_h, grad_logdet, cond, inverse=inverse
                         )
-                h, grad_h = result.input, result.grad_input
+                    h, grad_h = result.input, result.grad_input
+                    if record is not None:
+                        record.check_input(h, exact=anchor is not None)
                 if result.grad_cond is not None:
                     grad_cond = (
                         result.grad_cond if grad_cond is None else grad_cond + result.grad_cond
@@ -262,6 +342,17 @@ class Chain(InvertibleModule):
                         k = position[id(param)]
                         grad_params[k] = grad if grad_params[k] is None else grad_params[k] + grad
         return Reconstruction(h, grad_h, grad_cond, tuple(grad_params))
+
+
+def _watches_state(record: PassRecord | None, layer: InvertibleModule) -> list | None:
+    """On the first recorded pass, the layer's buffers to watch for hidden state (layers that
+    wait for their data-dependent initialisation, and chains, whose layers are watched one by
+    one, are not watched)."""
+    if record is None or not record.first or isinstance(layer, Chain):
+        return None
+    if not all(m.is_initialized for m in layer.modules() if isinstance(m, InvertibleModule)):
+        return None
+    return buffer_versions(layer)
 
 
 @contextmanager

@@ -6,6 +6,7 @@ import itertools
 
 from torch import Tensor, nn
 
+from hybridflow.autograd.drift import rows
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
 
 __all__ = ["check_acts_per_sample", "reconstruct_in_slices"]
@@ -68,13 +69,14 @@ def reconstruct_in_slices(
         cond_part = None if cond is None else cond[start:stop].detach()
         if cond_part is not None:
             cond_part.requires_grad_(cond.requires_grad)
-        part = layer.reconstruct_vjp(
-            output[start:stop],
-            grad_output[start:stop],
-            grad_logdet[start:stop],
-            cond_part,
-            inverse=inverse,
-        )
+        with rows(start, stop):  # chains nested in the layer check these rows only
+            part = layer.reconstruct_vjp(
+                output[start:stop],
+                grad_output[start:stop],
+                grad_logdet[start:stop],
+                cond_part,
+                inverse=inverse,
+            )
         if rebuilt is None:
             rebuilt = part.input.new_empty((batch, *part.input.shape[1:]))
             grad_input = part.grad_input.new_empty((batch, *part.grad_input.shape[1:]))

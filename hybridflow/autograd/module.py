@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from hybridflow.config import Configurable
 
-__all__ = ["InvertibleModule", "Reconstruction", "vjp_wrt"]
+__all__ = ["InvertibleModule", "Reconstruction", "vjp_from_input", "vjp_wrt"]
 
 
 class Reconstruction(NamedTuple):
@@ -104,6 +104,23 @@ class InvertibleModule(nn.Module, Configurable):
         with torch.enable_grad():
             out, logdet = run(rebuilt, cond)
         return vjp_wrt((out, logdet), (grad_output, grad_logdet), rebuilt, cond, self)
+
+
+def vjp_from_input(
+    module: InvertibleModule,
+    input: Tensor,
+    grad_output: Tensor,
+    grad_logdet: Tensor,
+    cond: Tensor | None,
+    *,
+    inverse: bool,
+) -> Reconstruction:
+    """Back-propagate through one pass of ``module`` from its known ``input`` (an anchor):
+    re-run the pass with grad and take the VJP, as plain autograd would; no inversion."""
+    leaf = input.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out, logdet = module.inverse(leaf, cond) if inverse else module(leaf, cond)
+    return vjp_wrt((out, logdet), (grad_output, grad_logdet), leaf, cond, module)
 
 
 def vjp_wrt(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -61,10 +62,11 @@ class TrainResult:
 def _history_csv(history: NPEHistory) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["epoch", "train_loss", "validation_loss", "learning_rate"])
+    writer.writerow(["epoch", "train_loss", "validation_loss", "learning_rate", "drift"])
     for i, (loss, lr) in enumerate(zip(history.train_loss, history.learning_rate, strict=True)):
         val = history.validation_loss[i] if i < len(history.validation_loss) else ""
-        writer.writerow([i + 1, loss, val, lr])
+        drift = history.drift[i] if i < len(history.drift) else math.nan
+        writer.writerow([i + 1, loss, val, lr, "" if math.isnan(drift) else drift])
     return buffer.getvalue()
 
 
@@ -132,7 +134,8 @@ def train_recipe(
     def report(record: EpochRecord) -> None:
         if not progress:
             val = "" if record.validation_loss is None else f", val {record.validation_loss:.3f}"
-            say(f"epoch {record.epoch}: train {record.train_loss:.3f}{val}")
+            drift = "" if math.isnan(record.drift) else f", drift {record.drift:.1e}"
+            say(f"epoch {record.epoch}: train {record.train_loss:.3f}{val}{drift}")
 
     try:
         history = trainer.fit(data.theta, data.x, resume=resume, on_epoch_end=report)

@@ -66,6 +66,7 @@ class InvertibleRunner:
             mode=mode,
             anchor_every=strategy.anchor_every,
             micro_batches=strategy.micro_batches,
+            name=f"Graph segment {', '.join(repr(n) for n in segment.nodes)}",
         )
 
     def __call__(self, values: Values) -> None:

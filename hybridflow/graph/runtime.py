@@ -9,6 +9,7 @@ from typing import Any
 import networkx as nx
 from torch import Tensor, nn
 
+from hybridflow.autograd.drift import DriftReport
 from hybridflow.autograd.microbatch import check_acts_per_sample
 from hybridflow.graph.estimates import estimate, strategy_options
 from hybridflow.graph.explain import Plan, SegmentPlan
@@ -66,6 +67,7 @@ class GraphModule(nn.Module):
         self.current_plan: Plan | None = None
         self._runners: list[InvertibleRunner | NodesRunner] = []
         self._release: list[list[str]] = []
+        self._drift_runs: dict[str, int] = {}
 
     # -- planning ---------------------------------------------------------------------------
     def plan(
@@ -91,6 +93,10 @@ class GraphModule(nn.Module):
                 one given, at first the ``batch_size`` of ``build`` or the sample's).
             max_inverted_run: rebuild at most this many nodes by inversion from one kept
                 tensor (invertible segments keep anchors as needed); bounds float32 drift.
+                Drift the segments' guards measured since the last plan tightens it where
+                it exceeded the tolerance: a node whose reconstruction drifted after ``d``
+                rebuilt nodes gets anchors at least every ``d // 2`` nodes
+                (:meth:`drift_reports` shows the measurements).
 
         Raises:
             BudgetError: if no plan fits; its message and ``minimum`` give the smallest peak.
@@ -111,10 +117,13 @@ class GraphModule(nn.Module):
         segments = segment_graph(self.specs, self.order, self.outputs, pins)
         modules = {n: s.module for n, s in self.specs.items()}
         flat = budget is None
+        self._note_measured_drift()
         options = [
             [
                 (s, estimate(segment, s, self.profile, batch))
-                for s in strategy_options(segment, modules, batch, max_inverted_run, flat)
+                for s in strategy_options(
+                    segment, modules, batch, self._run_bound(segment, max_inverted_run), flat
+                )
             ]
             for segment in segments
         ]
@@ -136,6 +145,37 @@ class GraphModule(nn.Module):
         self.current_plan = plan
         self.batch_size = batch
         return plan
+
+    def drift_reports(self) -> dict[str, DriftReport]:
+        """What the drift guard of each invert-mode segment measured on its last checked
+        backward, by the segment's first node (segments not yet checked are left out)."""
+        return {
+            runner.segment.nodes[0]: runner.chain.drift_report
+            for runner in self._runners
+            if isinstance(runner, InvertibleRunner) and runner.chain.drift_report is not None
+        }
+
+    def _note_measured_drift(self) -> None:
+        """Remember, per node, how many nodes reconstruction may rebuild from one kept tensor
+        before the measured drift exceeded its tolerance (half the run that exceeded it);
+        :meth:`plan` then keeps anchors at least that often in segments holding the node."""
+        for runner in self._runners:
+            if not isinstance(runner, InvertibleRunner) or runner.chain.drift_report is None:
+                continue
+            after = runner.chain.drift_report.exceeded_after()
+            if after is None:
+                continue
+            anchor = runner.strategy.anchor_every or len(runner.segment.nodes)
+            bound = max(1, min(after, anchor) // 2)
+            for node in runner.segment.nodes:
+                self._drift_runs[node] = min(self._drift_runs.get(node, bound), bound)
+
+    def _run_bound(self, segment: Segment, max_inverted_run: int | None) -> int | None:
+        """``max_inverted_run`` tightened by the drift measured in the segment's nodes."""
+        bounds = [self._drift_runs[n] for n in segment.nodes if n in self._drift_runs]
+        if max_inverted_run is not None:
+            bounds.append(max_inverted_run)
+        return min(bounds, default=None)
 
     def _check_pins(self, pin: Mapping[str, Strategy | str]) -> dict[str, Strategy]:
         if not isinstance(pin, Mapping):

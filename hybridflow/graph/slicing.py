@@ -25,8 +25,11 @@ import torch
 from torch import Tensor
 
 from hybridflow.autograd.chain import Chain
+from hybridflow.autograd.drift import recording, rows
+from hybridflow.autograd.function import check_finite_result, unpack_saved
 from hybridflow.autograd.module import InvertibleModule
 from hybridflow.autograd.replay import ReplayState
+from hybridflow.autograd.versions import Versions
 
 __all__ = ["SlicedInvert", "run_sliced"]
 
@@ -42,9 +45,11 @@ def _bounds(batch: int, slices: int) -> list[tuple[int, int]]:
 class SlicedInvert(torch.autograd.Function):
     """An invert-mode chain whose forward pass runs on ``slices`` slices of the batch.
 
-    Saves the chain's output and its condition; backward calls ``chain.reconstruct_vjp`` on
-    the whole batch (sliced per layer by the chain's ``micro_batches``). Double backward is
-    refused, as for the chain's own Function.
+    Saves the chain's output and its condition (and, as the chain's own Function does, the
+    drift guard's fingerprints and anchors, assembled slice by slice); backward checks the
+    version counters, then calls ``chain.reconstruct_vjp`` on the whole batch (sliced per
+    layer by the chain's ``micro_batches``) and lets the chain's drift guard conclude. Double
+    backward is refused, as for the chain's own Function.
     """
 
     @staticmethod
@@ -54,13 +59,15 @@ class SlicedInvert(torch.autograd.Function):
         rng = torch.get_rng_state()
         y: Tensor | None = None
         logdet: Tensor | None = None
-        with torch.no_grad():
+        record = chain._pass_record(x)
+        with torch.no_grad(), recording(record, checking=False):
             for i, (start, stop) in enumerate(_bounds(x.shape[0], slices)):
                 part = None if cond is None else cond[start:stop]
                 if i == 0:
-                    y_part, logdet_part = chain(x[start:stop], part)
+                    with rows(start, stop):
+                        y_part, logdet_part = chain(x[start:stop], part)
                 else:
-                    with torch.random.fork_rng(devices=[]):
+                    with torch.random.fork_rng(devices=[]), rows(start, stop):
                         torch.set_rng_state(rng)
                         y_part, logdet_part = chain(x[start:stop], part)
                 if y is None or logdet is None:
@@ -73,7 +80,11 @@ class SlicedInvert(torch.autograd.Function):
         ctx.rng = rng.numpy().tobytes()  # the generator's state, kept as plain bytes
         ctx.replay = ReplayState.capture(x.device, False)  # autocast settings only
         ctx.has_cond = cond is not None
-        ctx.save_for_backward(y, *([cond] if cond is not None else []))
+        ctx.versions = Versions(chain, params)
+        ctx.record = record
+        keys, extra = record.saved() if record is not None else ([], [])
+        ctx.record_keys = keys
+        ctx.save_for_backward(y, *([cond] if cond is not None else []), *extra)
         return y, logdet
 
     @staticmethod
@@ -84,14 +95,27 @@ class SlicedInvert(torch.autograd.Function):
                 "invert segment is not supported; pin the segment to 'store' to differentiate "
                 "its gradients"
             )
-        saved = ctx.saved_tensors
+        chain: Chain = ctx.chain
+        where = chain._describe()
+        saved = unpack_saved(ctx, where)
+        ctx.versions.check(chain, where)
         y = saved[0]
         cond = saved[1] if ctx.has_cond else None
+        record = ctx.record
+        if record is not None:
+            record.restore(ctx.record_keys, saved[1 + ctx.has_cond :])
         if cond is not None:
             cond = cond.detach().requires_grad_(ctx.needs_input_grad[_COND])
-        with torch.random.fork_rng(devices=[]), ctx.replay.autocast_state():
+        with (
+            torch.random.fork_rng(devices=[]),
+            ctx.replay.autocast_state(),
+            recording(record, checking=True),
+        ):
             torch.set_rng_state(torch.frombuffer(bytearray(ctx.rng), dtype=torch.uint8))
-            result = ctx.chain.reconstruct_vjp(y, grad_y, grad_logdet, cond)
+            result = chain.reconstruct_vjp(y, grad_y, grad_logdet, cond)
+        if record is not None and record.fingerprints:
+            chain._drift_guard.conclude(record, y.dtype, where)
+        check_finite_result(result, y, grad_y, grad_logdet, chain._drift_guard, where)
         grad_x = result.grad_input if ctx.needs_input_grad[_X] else None
         grad_params = tuple(
             g if needed else None

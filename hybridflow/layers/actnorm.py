@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor, nn
 
 from hybridflow.autograd.checks import check_input
+from hybridflow.errors import InputError
 from hybridflow.layers.elementwise import Affine
 from hybridflow.layers.shapes import reduce_except_channels
 
@@ -25,9 +28,16 @@ class ActNorm(Affine):
     unit variance per channel over that batch (data-dependent initialisation). The flag is the
     buffer ``initialized``, saved in ``state_dict``; reconstruction never re-initialises.
 
+    A first batch that cannot give statistics is refused before anything changes
+    (:class:`~hybridflow.errors.InputError`): an empty batch, or one with NaN/Inf values.
+    Where the statistics are degenerate, the initialisation falls back and warns
+    (``UserWarning``): with fewer than two values per channel (one vector, say) the scale is
+    left at 1 and only the mean is removed; a channel whose standard deviation is below
+    ``eps`` (a constant channel) keeps scale 1 instead of ``1 / eps``.
+
     Args:
         num_features: the number of channels ``C``.
-        eps: floor of the standard deviation used by the initialisation.
+        eps: smallest standard deviation that is normalised (see above).
 
     References:
         Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", 2018.
@@ -58,6 +68,11 @@ class ActNorm(Affine):
         """Set ``s, b`` from the batch's per-channel mean and standard deviation. Under
         ``torch.distributed`` the statistics are those of all ranks' batches together, so
         every rank starts from the same parameters (as DDP requires)."""
+        if x.shape[0] == 0:
+            raise InputError(
+                "ActNorm: cannot initialise from an empty batch (shape "
+                f"{tuple(x.shape)}); the first batch sets the scale and bias",
+            )
         x64 = x.detach().double()
         count = torch.tensor([x64.numel() / x64.shape[1]], dtype=torch.float64, device=x.device)
         stats = torch.cat(
@@ -69,12 +84,37 @@ class ActNorm(Affine):
         )
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(stats)
+        if not bool(torch.isfinite(stats).all()):
+            raise InputError(
+                "ActNorm: the first batch has NaN/Inf values; the data-dependent "
+                "initialisation would make the layer's parameters NaN. Clean the batch (or "
+                "set the parameters and call mark_initialized())"
+            )
         channels = self.num_features
         total = stats[-1]
         mean = stats[:channels] / total
         var = (stats[channels : 2 * channels] / total - mean**2).clamp_min(0)
-        mean, var = mean.to(x.dtype), var.to(x.dtype)
-        log_scale = -torch.log(var.sqrt().clamp_min(self.eps))
+        std = var.sqrt()
+        if float(total) < 2:
+            warnings.warn(
+                f"ActNorm: the first batch has {float(total):.0f} value per channel, too few "
+                "for a standard deviation; the scale is initialised to 1 (only the mean is "
+                "removed). Initialise on a larger batch for a normalised start",
+                UserWarning,
+                stacklevel=4,
+            )
+            std = torch.ones_like(std)
+        elif bool((std < self.eps).any()):
+            flat = int((std < self.eps).sum())
+            warnings.warn(
+                f"ActNorm: {flat} of {channels} channels are constant over the first batch "
+                f"(standard deviation below eps={self.eps:g}); they keep scale 1",
+                UserWarning,
+                stacklevel=4,
+            )
+            std = torch.where(std < self.eps, torch.ones_like(std), std)
+        mean, std = mean.to(x.dtype), std.to(x.dtype)
+        log_scale = -torch.log(std)
         self.log_scale.copy_(log_scale)
         self.bias.copy_(-mean * log_scale.exp())
         self.mark_initialized(True)

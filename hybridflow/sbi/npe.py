@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from hybridflow.autograd.drift import max_drift
 from hybridflow.sbi.checkpoint import save_checkpoint
 from hybridflow.sbi.data import NonFinitePolicy, Observations, Simulations, check_simulations
 from hybridflow.sbi.training import (
@@ -109,12 +110,15 @@ class NPEConfig:
 
 
 class EpochRecord(NamedTuple):
-    """What one epoch gave: its number (from 1), mean losses and the learning rate used."""
+    """What one epoch gave: its number (from 1), mean losses, the learning rate used and the
+    largest reconstruction drift the flow's drift guard measured (``nan``: none measured;
+    see :attr:`hybridflow.Chain.drift_report`)."""
 
     epoch: int
     train_loss: float
     validation_loss: float | None
     learning_rate: float
+    drift: float = math.nan
 
 
 @dataclass
@@ -125,6 +129,8 @@ class NPEHistory:
         train_loss: mean negative log posterior density over the training pairs, per epoch.
         validation_loss: the same over the validation pairs (empty without validation).
         learning_rate: the learning rate of each epoch.
+        drift: the largest reconstruction drift measured by the end of each epoch (``nan``
+            where none was measured).
         best_epoch: the epoch whose parameters the flow holds at the end (from 1).
         stopped_early: whether early stopping ended the run.
         dropped: simulations dropped for NaN/Inf values.
@@ -133,6 +139,7 @@ class NPEHistory:
     train_loss: list[float] = field(default_factory=list)
     validation_loss: list[float] = field(default_factory=list)
     learning_rate: list[float] = field(default_factory=list)
+    drift: list[float] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
     dropped: int = 0
@@ -318,6 +325,7 @@ class NPETrainer:
                     if not math.isnan(val_loss):
                         history.validation_loss.append(val_loss)
                     history.learning_rate.append(lr)
+                    history.drift.append(max_drift(self.flow))
                     if monitored < best_loss:
                         best_loss, waited, history.best_epoch = monitored, 0, epoch
                         best_state = _copy_state(self.flow)
@@ -351,7 +359,9 @@ class NPETrainer:
                     bar.update(1, train=train_loss, val=val_loss)
                     if on_epoch_end is not None:
                         reported = None if math.isnan(val_loss) else val_loss
-                        on_epoch_end(EpochRecord(epoch, train_loss, reported, lr))
+                        on_epoch_end(
+                            EpochRecord(epoch, train_loss, reported, lr, history.drift[-1])
+                        )
                     if history.stopped_early:
                         break
             finally:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from hybridflow.autograd.drift import max_drift
 from hybridflow.sbi.checkpoint import save_checkpoint
 from hybridflow.sbi.task import Task
 from hybridflow.sbi.training import (
@@ -83,10 +84,13 @@ class ReverseKLConfig:
 
 @dataclass
 class ReverseKLHistory:
-    """The loss and learning rate of every step (including steps before a resume)."""
+    """The loss, learning rate and largest measured reconstruction drift (``nan``: none
+    measured; :attr:`hybridflow.Chain.drift_report`) of every step, including steps before a
+    resume."""
 
     loss: list[float] = field(default_factory=list)
     learning_rate: list[float] = field(default_factory=list)
+    drift: list[float] = field(default_factory=list)
 
     @property
     def steps(self) -> int:
@@ -264,6 +268,7 @@ class ReverseKLTrainer:
                     scheduler_step(scheduler, value)
                     history.loss.append(value)
                     history.learning_rate.append(lr)
+                    history.drift.append(max_drift(self.flow))
                     if self.checkpoint is not None and (
                         step == cfg.steps or step % cfg.checkpoint_every == 0
                     ):
