@@ -355,3 +355,19 @@ def test_graph_planner_anchors_where_the_guard_measured_drift():
     assert report.exceeded == "layer 1 (WrongInverse)" and report.exceeded_after() == 6
     plan = module.plan()
     assert plan.strategies()["b0"].anchor_every == 2  # rebuilt 6 nodes before: half of it
+
+
+def test_anchors_are_kept_between_nested_chains():
+    steps = [glow_chain(4, 1, "store", spatial_dims=0, seed=i) for i in range(4)]
+    chain = hf.Chain(*steps, anchor_every=2, drift_every=0)
+    x = torch.randn(8, 4, requires_grad=True)
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t.detach()
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        z, logdet = chain(x)
+    assert sizes.count(x.numel()) == 2  # the output and the input of step 2
+    flow_loss(z, logdet).backward()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Literal, get_args
 
 import torch
@@ -254,7 +255,8 @@ class Chain(InvertibleModule):
             for index, layer in self._steps(inverse):
                 with at_layer(index, layer) as record:
                     if record is not None and not record.checking:
-                        record.record_input(h)
+                        # a nested chain's first layer fingerprints the same tensor
+                        record.record_input(h, fingerprint=not isinstance(layer, Chain))
                     watch = _watches_state(record, layer)
                     with replay.layer(index), _named_errors(self, index, layer):
                         h, layer_logdet = layer.inverse(h, cond) if inverse else layer(h, cond)
@@ -313,23 +315,15 @@ class Chain(InvertibleModule):
                 ):
                     anchor = None if record is None else record.anchor()
                     if anchor is not None:  # exact: differentiate the pass from its kept input
-                        result = vjp_from_input(
-                            layer, anchor, grad_h, grad_logdet, cond, inverse=inverse
-                        )
-                    elif self.micro_batches > 1:
+                        start, rule = anchor, partial(vjp_from_input, layer, inverse=inverse)
+                    else:
+                        start, rule = h, partial(layer.reconstruct_vjp, inverse=inverse)
+                    if self.micro_batches > 1:
                         result = reconstruct_in_slices(
-                            layer,
-                            h,
-                            grad_h,
-                            grad_logdet,
-                            cond,
-                            inverse=inverse,
-                            slices=self.micro_batches,
+                            rule, start, grad_h, grad_logdet, cond, slices=self.micro_batches
                         )
                     else:
-                        result = layer.reconstruct_vjp(
-                            h, grad_h, grad_logdet, cond, inverse=inverse
-                        )
+                        result = rule(start, grad_h, grad_logdet, cond)
                     h, grad_h = result.input, result.grad_input
                     if record is not None:
                         record.check_input(h, exact=anchor is not None)

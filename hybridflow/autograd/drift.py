@@ -39,7 +39,8 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from hybridflow.autograd.fingerprint import fingerprint, relative_error
+from hybridflow.autograd.fingerprint import fingerprint as fingerprint_of
+from hybridflow.autograd.fingerprint import relative_error
 from hybridflow.errors import ArgumentError, ArgumentTypeError, DriftWarning, ReconstructionError
 
 __all__ = [
@@ -169,15 +170,16 @@ class PassRecord:
         self.rows: slice | None = None
 
     # -- forward -------------------------------------------------------------------------
-    def record_input(self, h: Tensor) -> None:
-        """Keep the fingerprint (and the anchor, when asked) of the current layer's input."""
+    def record_input(self, h: Tensor, fingerprint: bool = True) -> None:
+        """Keep the fingerprint (unless not asked) and the anchor (when its path is one) of
+        the current layer's input."""
         if not (isinstance(h, Tensor) and h.is_floating_point() and h.numel() > 0):
             return  # the layer refuses it with its own message
         path = tuple(self.path)
         if path in self.anchor_paths:
             self._keep(self.anchors, path, h.detach())
-        if self.fingerprints:
-            self._keep(self.recorded, path, fingerprint(h))
+        if self.fingerprints and fingerprint:
+            self._keep(self.recorded, path, fingerprint_of(h))
             self.names.setdefault(path, " > ".join(self.labels))
 
     def _keep(self, store: dict[Path, Tensor], path: Path, value: Tensor) -> None:
@@ -209,7 +211,7 @@ class PassRecord:
         if self.rows is not None:
             recorded = recorded[self.rows]
         if recorded.shape[0] == rebuilt.shape[0]:
-            self.measured.append((path, relative_error(fingerprint(rebuilt), recorded)))
+            self.measured.append((path, relative_error(fingerprint_of(rebuilt), recorded)))
 
     def saved(self) -> tuple[list[Path], list[Tensor]]:
         """The tensors to save for backward (fingerprints and anchors) and their keys; the

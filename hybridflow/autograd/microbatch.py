@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
 from hybridflow.autograd.drift import rows
-from hybridflow.autograd.module import InvertibleModule, Reconstruction
+from hybridflow.autograd.module import Reconstruction
 
 __all__ = ["check_acts_per_sample", "reconstruct_in_slices"]
 
@@ -41,16 +42,16 @@ def check_acts_per_sample(module: nn.Module, where: str) -> None:
 
 
 def reconstruct_in_slices(
-    layer: InvertibleModule,
+    rule: Callable[[Tensor, Tensor, Tensor, Tensor | None], Reconstruction],
     output: Tensor,
     grad_output: Tensor,
     grad_logdet: Tensor,
     cond: Tensor | None,
     *,
-    inverse: bool,
     slices: int,
 ) -> Reconstruction:
-    """``layer.reconstruct_vjp`` on ``slices`` slices of the batch, assembled.
+    """``rule(output, grad_output, grad_logdet, cond)`` (a layer's ``reconstruct_vjp``, say)
+    on ``slices`` slices of the batch, assembled.
 
     Invertible layers act on each sample alone, so the rebuilt input and its gradient are
     the slices' results side by side, the condition gradient likewise, and parameter
@@ -70,12 +71,8 @@ def reconstruct_in_slices(
         if cond_part is not None:
             cond_part.requires_grad_(cond.requires_grad)
         with rows(start, stop):  # chains nested in the layer check these rows only
-            part = layer.reconstruct_vjp(
-                output[start:stop],
-                grad_output[start:stop],
-                grad_logdet[start:stop],
-                cond_part,
-                inverse=inverse,
+            part = rule(
+                output[start:stop], grad_output[start:stop], grad_logdet[start:stop], cond_part
             )
         if rebuilt is None:
             rebuilt = part.input.new_empty((batch, *part.input.shape[1:]))
