@@ -371,3 +371,17 @@ def test_anchors_are_kept_between_nested_chains():
         z, logdet = chain(x)
     assert sizes.count(x.numel()) == 2  # the output and the input of step 2
     flow_loss(z, logdet).backward()
+
+
+def test_npe_trainer_logs_the_measured_drift():
+    from hybridflow.distributions import coupling_flow
+    from hybridflow.sbi import NPEConfig, NPETrainer
+
+    torch.manual_seed(0)
+    flow = hf.ConditionalFlow(coupling_flow(2, 3, depth=2, hidden=8), event_shape=(2,))
+    theta, x = torch.randn(64, 2), torch.randn(64, 3)
+    records = []
+    config = NPEConfig(max_epochs=2, batch_size=32, validation_fraction=0.0, progress=False)
+    history = NPETrainer(flow, config).fit(theta, x, on_epoch_end=records.append)
+    assert len(history.drift) == 2 and all(0 <= d < 1e-4 for d in history.drift)
+    assert [r.drift for r in records] == history.drift
