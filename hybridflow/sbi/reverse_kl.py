@@ -20,7 +20,8 @@ from hybridflow.sbi.training import (
     load_run_checkpoint,
     model_device,
     progress_bar,
-    restore_rng,
+    restore_run,
+    restored_history,
     rng_state,
     scheduler_step,
 )
@@ -236,12 +237,9 @@ class ReverseKLTrainer:
             torch.manual_seed(cfg.seed)
             state = self._load() if resume else None
             if state is not None:
-                self.flow.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                if scheduler is not None:
-                    scheduler.load_state_dict(state["scheduler"])
-                restore_rng(state["rng"], generator, device)
-                history = ReverseKLHistory(**state["history"])
+                path = self.checkpoint
+                history = restored_history(ReverseKLHistory, state["history"], path)
+                restore_run(state, path, self.flow, optimizer, scheduler, generator, device)
             bar = progress_bar(cfg.progress, cfg.steps, history.steps, "reverse KL")
             self.flow.train()
             try:
