@@ -23,7 +23,7 @@ from torch import Tensor
 
 from hybridflow.errors import ArgumentTypeError, FileFormatError
 
-__all__ = ["digest", "read_torch_file", "verify_digest"]
+__all__ = ["digest", "first_line", "read_torch_file", "verify_digest"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -129,7 +129,9 @@ def verify_digest(value: Any, stored: object, path: str | os.PathLike[str]) -> N
         )
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """``"Type: first line of the message"``: what a one-line report quotes of an error raised
+    by code outside hybridflow (torch's messages can run over many lines)."""
     lines = str(error).strip().splitlines()
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
@@ -187,5 +189,5 @@ def read_torch_file(
             ) from error
         except Exception as error:  # torch.load names no set of errors for damaged archives
             raise FileFormatError(
-                f"{path} cannot be read as a {what} ({_first_line(error)})", path=path
+                f"{path} cannot be read as a {what} ({first_line(error)})", path=path
             ) from error

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from hybridflow.config import check_config, from_config, get_config
 from hybridflow.errors import ArgumentError, ArgumentTypeError, CheckpointMismatch, FileFormatError
-from hybridflow.integrity import digest, read_torch_file, verify_digest
+from hybridflow.integrity import digest, first_line, read_torch_file, verify_digest
 
 __all__ = [
     "FORMAT_VERSION",
@@ -172,7 +172,9 @@ def load(
 
     Everything in the file is checked (see the module's docstring) before the model is built.
     Only registered hybridflow classes are built (import the module defining your own blocks
-    first); the file is read with ``weights_only=True``. A model whose weights were all of one
+    first), and each must be buildable on the ``meta`` device (as every ``torch.nn`` layer
+    is), where the sizes the config asks for are checked against the stored weights; the
+    file is read with ``weights_only=True``. A model whose weights were all of one
     floating dtype (a ``.double()`` model, say) is returned in that dtype.
 
     Raises:
@@ -187,12 +189,8 @@ def load(
         check_config(config)
     except (ArgumentError, ArgumentTypeError) as error:
         raise FileFormatError(f"{path}: {error}", path=path) from error
-    skeleton = _skeleton(config, path)
-    if skeleton is not None:
-        _fits_own_weights(skeleton, state_dict, path)
+    _fits_own_weights(_skeleton(config, path), state_dict, path)
     model = _build(config, path)
-    if skeleton is None:  # a class that cannot be built on meta: checked once built
-        _fits_own_weights(model, state_dict, path)
     dtypes = {t.dtype for t in state_dict.values() if t.is_floating_point()}
     if len(dtypes) == 1:
         model.to(dtypes.pop())
@@ -247,26 +245,25 @@ def _checked_payload(
     return parsed["config"], parsed["metadata"], state_dict
 
 
-def _skeleton(config: dict[str, Any], path: Path) -> nn.Module | None:
-    """The model built on the ``meta`` device (shapes, no memory), or ``None`` when one of
-    its classes needs real tensors to be built."""
+def _skeleton(config: dict[str, Any], path: Path) -> nn.Module:
+    """The model built on the ``meta`` device: shapes and dtypes, no memory."""
     try:
         with torch.device("meta"):
             return from_config(config)
-    except (NotImplementedError, RuntimeError):  # an operation meta tensors do not support
-        return None
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as error:
         raise FileFormatError(
-            f"{path}: its config does not build a model: {error}", path=path
+            f"{path}: its config does not build a model (built on the meta device, where "
+            f"sizes are checked before any memory is allocated): {first_line(error)}",
+            path=path,
         ) from error
 
 
 def _build(config: dict[str, Any], path: Path) -> nn.Module:
     try:
         return from_config(config)
-    except (TypeError, ValueError, RuntimeError) as error:  # RuntimeError: a size torch refuses
+    except (TypeError, ValueError, RuntimeError) as error:  # its sizes were checked on meta
         raise FileFormatError(
-            f"{path}: its config does not build a model: {error}", path=path
+            f"{path}: its config does not build a model: {first_line(error)}", path=path
         ) from error
 
 
