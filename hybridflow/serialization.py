@@ -71,7 +71,7 @@ def _remove_stale_temporaries(target: Path, own: Path) -> None:
         try:
             if entry.is_file() and not entry.is_symlink() and entry.stat().st_mtime_ns < started:
                 entry.unlink()
-        except FileNotFoundError:  # removed meanwhile by another writer
+        except OSError:  # removed meanwhile, or not ours to remove: the write goes on
             pass
 
 
