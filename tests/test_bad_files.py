@@ -35,6 +35,7 @@ from hybridflow.sbi import (
     save_checkpoint,
     simulate,
 )
+from hybridflow.sbi.training import restore_run, rng_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -462,6 +463,115 @@ def test_reverse_kl_resume_with_other_architecture_changes_nothing(tmp_path: Pat
         ReverseKLTrainer(flow, task, config, checkpoint=path).fit(resume=True)
     assert all(torch.equal(v, before[k]) for k, v in flow.state_dict().items())
     assert path.read_bytes() == before_file
+
+
+def _stepped(flow: torch.nn.Module) -> torch.optim.Optimizer:
+    """An AdamW optimiser of ``flow`` after one step (so it has state)."""
+    optimizer = torch.optim.AdamW(flow.parameters(), lr=1e-3)
+    flow(torch.randn(4, 2)).log_prob(torch.randn(4, 2)).mean().neg().backward()
+    optimizer.step()
+    return optimizer
+
+
+def _optimizer_state_of_shape(state: dict) -> None:
+    entry = next(iter(state["optimizer"]["state"].values()))
+    entry["exp_avg"] = torch.zeros(7, 7)
+
+
+# (change to the run's state, error, message); the flow and optimiser must stay as they were
+RESTORE_CASES = [
+    pytest.param(
+        lambda s: s.update(model=_npe_flow(hidden=6).state_dict()),
+        CheckpointMismatch,
+        "checkpoint does not fit ConditionalFlow: shape mismatches",
+        id="restore-arch",
+    ),
+    pytest.param(
+        _optimizer_state_of_shape,
+        CheckpointMismatch,
+        "optimizer state 'exp_avg' of",
+        id="restore-optimizer-shapes",
+    ),
+    pytest.param(
+        lambda s: s["optimizer"].update(param_groups=[]),
+        CheckpointMismatch,
+        r"optimizer state is for \[\] trainable",
+        id="restore-optimizer-groups",
+    ),
+    pytest.param(
+        lambda s: s["rng"].update(torch=torch.zeros(3)),
+        FileFormatError,
+        "random state 'torch'",
+        id="restore-rng",
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "error", "message"), RESTORE_CASES)
+def test_refused_restore_changes_neither_flow_nor_optimizer(
+    tmp_path: Path, change, error, message
+) -> None:
+    source = _npe_flow()
+    generator = torch.Generator().manual_seed(1)
+    state = {
+        "model": {k: v.clone() for k, v in source.state_dict().items()},
+        "optimizer": _stepped(source).state_dict(),
+        "scheduler": None,
+        "rng": rng_state(generator, torch.device("cpu")),
+    }
+    change(state)
+    torch.manual_seed(5)  # other weights and another optimiser state than the checkpoint's
+    flow = hf.ConditionalFlow(
+        hf.distributions.coupling_flow(2, 2, depth=2, hidden=8),
+        event_shape=(2,),
+        observation_shape=(2,),
+    )
+    optimizer = _stepped(flow)
+    weights = {k: v.clone() for k, v in flow.state_dict().items()}
+    moments = {i: {k: v.clone() for k, v in e.items()} for i, e in optimizer.state.items()}
+    path = tmp_path / "run.pt"
+    with pytest.raises(error, match=message) as info:
+        restore_run(state, path, flow, optimizer, None, generator, torch.device("cpu"))
+    assert str(path) in str(info.value)
+    assert all(torch.equal(v, weights[k]) for k, v in flow.state_dict().items())
+    for index, entry in optimizer.state.items():
+        assert all(torch.equal(v, moments[index][k]) for k, v in entry.items())
+
+
+STATE_DICT_CASES = [
+    pytest.param(
+        lambda s: s.pop("layers.0.log_scale"),
+        r"missing keys \['layers.0.log_scale'\]",
+        id="sd-missing-key",
+    ),
+    pytest.param(
+        lambda s: s.update({"layers.0.log_scale": [0.0, 0.0]}),
+        r"not tensors \['layers.0.log_scale'\]",
+        id="sd-not-a-tensor",
+    ),
+    pytest.param(
+        lambda s: s.update({"layers.0.initialized": torch.tensor(7)}),
+        "dtype mismatches: layers.0.initialized",
+        id="sd-int-for-bool",
+    ),
+    pytest.param(
+        lambda s: s.update({f"extra.{i}": torch.zeros(1) for i in range(8)}),
+        r"unexpected keys \[.*, \.\.\. 3 more\]",
+        id="sd-many-unexpected",
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), STATE_DICT_CASES)
+def test_checked_load_state_dict_changes_nothing(change, message: str) -> None:
+    model = _good_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    change(state)
+    with pytest.raises(CheckpointMismatch, match=message) as info:
+        hf.load_state_dict(model, state, source="weights.pt")
+    assert str(info.value).startswith("weights.pt: ") and info.value.path == "weights.pt"
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 # -- temporary files of killed writes ----------------------------------------------------------
