@@ -118,19 +118,17 @@ def train_recipe(
     pyplot()  # matplotlib is needed at the end: fail now, not after training, if it is missing
     task = build_task(recipe)
     flow = build_flow(recipe, task)
+    trainer = NPETrainer(flow, config, checkpoint=checkpoint)
+
+    def report(record: EpochRecord) -> None:
+        if not progress:
+            val = "" if record.validation_loss is None else f", val {record.validation_loss:.3f}"
+            say(f"epoch {record.epoch}: train {record.train_loss:.3f}{val}")
+
     with output_folder(folder):  # the work starts: a refused run created nothing
         say(f"training: {recipe_summary(recipe)}")
         count, seed = recipe["simulations"]["count"], recipe["simulations"]["seed"]
         data = simulate(task, count, seed=seed)
-        trainer = NPETrainer(flow, config, checkpoint=checkpoint)
-
-        def report(record: EpochRecord) -> None:
-            if not progress:
-                val = (
-                    "" if record.validation_loss is None else f", val {record.validation_loss:.3f}"
-                )
-                say(f"epoch {record.epoch}: train {record.train_loss:.3f}{val}")
-
         try:
             if resume and checkpoint.exists():
                 finished = bool(load_checkpoint(checkpoint).get("finished"))
@@ -144,13 +142,12 @@ def train_recipe(
         except FileFormatError as error:  # only resuming reads a file: damaged or mismatched
             raise UsageError(f"cannot resume: {error} (--overwrite starts afresh)") from error
         flow.eval()
+        final = history.validation_loss[-1] if history.validation_loss else None
         metadata = {
             "recipe": recipe,
             "epochs": history.epochs,
             "best_epoch": history.best_epoch,
-            "final_validation_loss": history.validation_loss[-1]
-            if history.validation_loss
-            else None,
+            "final_validation_loss": final,
         }
         files = {"checkpoint": checkpoint, "model": folder / MODEL}
         save(flow, files["model"], metadata)

@@ -176,7 +176,8 @@ class NPETrainer:
     dict) are written every ``checkpoint_every`` epochs, atomically (temporary file, then
     :func:`os.replace`), so an interrupted save never corrupts the previous checkpoint. ``fit(...,
     resume=True)`` continues from it and ends where an uninterrupted run with the same seed
-    would. Checkpoints are read with ``torch.load(..., weights_only=True)``.
+    would. Checkpoints are read with ``torch.load(..., weights_only=True)`` and checksummed;
+    a resume checks every part of the checkpoint before it restores anything.
 
     Args:
         flow: the conditional density estimator.
@@ -284,7 +285,11 @@ class NPETrainer:
 
         Raises:
             ValueError: an empty data set, mismatched sizes, NaN/Inf with
-                ``nonfinite="raise"``, a checkpoint from other settings or other data.
+                ``nonfinite="raise"``; too few simulations for ``validation_fraction``
+                (:class:`~hybridflow.errors.InputError`).
+            CheckpointMismatch: on resume, a checkpoint of another architecture, other
+                settings or other data; the flow is left as it was.
+            FileFormatError: on resume, a damaged checkpoint (the message names it).
             RuntimeError: the loss became NaN/Inf (lower the learning rate).
         """
         cfg = self.config

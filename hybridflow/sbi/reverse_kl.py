@@ -207,8 +207,10 @@ class ReverseKLTrainer:
             The :class:`ReverseKLHistory`.
 
         Raises:
-            ValueError: observations of the wrong shape, empty or not finite; a checkpoint
-                from other settings.
+            ValueError: observations of the wrong shape, empty or not finite.
+            CheckpointMismatch: on resume, a checkpoint of another architecture or other
+                settings; the flow is left as it was.
+            FileFormatError: on resume, a damaged checkpoint (the message names it).
             RuntimeError: the loss became NaN/Inf.
         """
         cfg = self.config
