@@ -189,6 +189,8 @@ def load(
         check_config(config)
     except (ArgumentError, ArgumentTypeError) as error:
         raise FileFormatError(f"{path}: {error}", path=path) from error
+    except RecursionError as error:
+        raise FileFormatError(f"{path}: its config is nested too deeply", path=path) from error
     _fits_own_weights(_skeleton(config, path), state_dict, path)
     model = _build(config, path)
     dtypes = {t.dtype for t in state_dict.values() if t.is_floating_point()}
