@@ -3,28 +3,51 @@
 import importlib
 from typing import Any
 
-from hybridflow import distributions, graph, layers, networks, operators, summary, testing
+from hybridflow import distributions, errors, graph, layers, networks, operators, summary, testing
 from hybridflow.autograd import Chain, InvertibleModule, Mode, Reconstruction
 from hybridflow.distributions import ConditionalFlow, Flow
+from hybridflow.errors import (
+    ArgumentError,
+    ArgumentTypeError,
+    CheckpointMismatch,
+    DriftWarning,
+    FileFormatError,
+    HybridflowError,
+    InputError,
+    InputTypeError,
+    ModifiedError,
+    ReconstructionError,
+)
 from hybridflow.graph import BudgetError, Graph, GraphModule, Plan, Strategy
 from hybridflow.operators import LinearOperator, Operator
 from hybridflow.serialization import load, load_state_dict, save
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "BudgetError",
     "Chain",
+    "CheckpointMismatch",
     "ConditionalFlow",
+    "DriftWarning",
+    "FileFormatError",
     "Flow",
     "Graph",
     "GraphModule",
+    "HybridflowError",
+    "InputError",
+    "InputTypeError",
     "InvertibleModule",
     "LinearOperator",
     "Mode",
+    "ModifiedError",
     "Operator",
     "Plan",
     "Reconstruction",
+    "ReconstructionError",
     "Strategy",
     "distributions",
+    "errors",
     "graph",
     "layers",
     "load",

@@ -8,7 +8,9 @@ from typing import Any, ClassVar
 
 from torch import nn
 
-__all__ = ["Configurable", "from_config", "get_config", "registered_classes"]
+from hybridflow.errors import ArgumentError, ArgumentTypeError
+
+__all__ = ["Configurable", "check_config", "from_config", "get_config", "registered_classes"]
 
 _REGISTRY: dict[str, type] = {}
 _PRIMITIVES = (type(None), bool, int, float, str)
@@ -71,19 +73,21 @@ def _to_data(value: Any, where: str) -> Any:
         return [_to_data(v, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {k: _to_data(v, f"{where}[{k!r}]") for k, v in value.items()}
-    raise TypeError(
+    raise ArgumentTypeError(
         f"{where} is a {type(value).__name__}, which a config cannot hold (only numbers, "
         "strings, lists, dicts and configurable hybridflow modules); save the state_dict and "
-        "rebuild the model in code instead"
+        "rebuild the model in code instead",
+        argument=where,
     )
 
 
 def get_config(module: nn.Module) -> dict[str, Any]:
     """``{"class": name, "arguments": {...}}`` of a configurable module, as plain data."""
     if not isinstance(module, Configurable):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{type(module).__name__} is not a configurable hybridflow module; only those can "
-            "be saved as a config"
+            "be saved as a config",
+            argument="module",
         )
     name = type(module)._config_name
     arguments = {
@@ -97,9 +101,81 @@ def _is_config(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == {"class", "arguments"}
 
 
+def _check_data(value: Any, where: str) -> None:
+    """Check that an argument value is plain data (nested configs checked by
+    :func:`check_config`)."""
+    if _is_config(value):
+        check_config(value, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_data(item, f"{where}[{index}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ArgumentTypeError(
+                    f"{where} has a key {key!r} that is not a str", argument=where
+                )
+            _check_data(item, f"{where}[{key!r}]")
+    elif not isinstance(value, _PRIMITIVES):
+        raise ArgumentTypeError(
+            f"{where} is a {type(value).__name__}; a config holds only plain data", argument=where
+        )
+
+
+def check_config(config: Any, where: str = "config") -> None:
+    """Check a whole config tree before anything is built from it.
+
+    Every node must be ``{"class": name, "arguments": {...}}`` naming a registered class,
+    with argument names its constructor takes and plain-data values (numbers, strings, None,
+    lists, dicts, nested configs). Nothing is imported or built.
+
+    Args:
+        config: what :func:`get_config` returned (or a file claims it did).
+        where: how messages name ``config``.
+
+    Raises:
+        ArgumentError: not a config, an unknown class, or an argument the class does not take
+            (``argument`` is the path of the bad entry).
+        ArgumentTypeError: a value that is not plain data.
+    """
+    if not _is_config(config):
+        got = sorted(config) if isinstance(config, dict) else type(config).__name__
+        raise ArgumentError(
+            f"{where} is not a module config (expected keys 'class' and 'arguments'), got {got}",
+            argument=where,
+        )
+    name, arguments = config["class"], config["arguments"]
+    cls = _REGISTRY.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ArgumentError(
+            f"{where}: unknown module class {name!r}: import the module that defines it before "
+            "loading (classes are never imported from a file's contents)",
+            argument=f"{where}['class']",
+        )
+    if not isinstance(arguments, dict):
+        raise ArgumentTypeError(
+            f"{where}: the arguments of {name} must be a dict, got {type(arguments).__name__}",
+            argument=f"{where}['arguments']",
+        )
+    parameters = {p.name: p for p in list(inspect.signature(cls.__init__).parameters.values())[1:]}
+    unknown = sorted(k for k in arguments if k not in parameters)
+    if unknown:
+        raise ArgumentError(
+            f"{where}: config of {name} has unknown arguments {unknown}", argument=where
+        )
+    for key, value in arguments.items():
+        place = f"{where}[{key!r}]"
+        kind = parameters[key].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL and not isinstance(value, list):
+            raise ArgumentTypeError(f"{place} (*{key}) must be a list", argument=place)
+        if kind is inspect.Parameter.VAR_KEYWORD and not isinstance(value, dict):
+            raise ArgumentTypeError(f"{place} (**{key}) must be a dict", argument=place)
+        _check_data(value, place)
+
+
 def _from_data(value: Any) -> Any:
     if _is_config(value):
-        return from_config(value)
+        return _build(value)
     if isinstance(value, list):
         return [_from_data(v) for v in value]
     if isinstance(value, dict):
@@ -108,16 +184,22 @@ def _from_data(value: Any) -> Any:
 
 
 def from_config(config: dict[str, Any]) -> nn.Module:
-    """Build a module from :func:`get_config`'s output, using registered classes only."""
-    if not _is_config(config):
-        raise ValueError(f"not a module config (expected keys 'class' and 'arguments'): {config!r}")
+    """Build a module from :func:`get_config`'s output, using registered classes only.
+
+    The whole tree is checked by :func:`check_config` before any module is built.
+
+    Raises:
+        ArgumentError: see :func:`check_config`; and whatever the constructors raise for
+            arguments out of range.
+    """
+    check_config(config)
+    return _build(config)
+
+
+def _build(config: dict[str, Any]) -> nn.Module:
+    """Build a checked config."""
     name = config["class"]
-    cls = _REGISTRY.get(name)
-    if cls is None:
-        raise ValueError(
-            f"unknown module class {name!r}: import the module that defines it before loading "
-            "(classes are never imported from a file's contents)"
-        )
+    cls = _REGISTRY[name]
     arguments = {k: _from_data(v) for k, v in config["arguments"].items()}
     parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
     kinds = [p.kind for p in parameters]
@@ -141,6 +223,4 @@ def from_config(config: dict[str, Any]) -> nn.Module:
             positional.append(value)
         else:
             keywords[parameter.name] = value
-    if arguments:
-        raise ValueError(f"config of {name} has unknown arguments {sorted(arguments)}")
     return cls(*positional, **keywords)

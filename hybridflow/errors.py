@@ -13,8 +13,9 @@ type                      built-in        raised when
                                           device
 ``ArgumentError``         ``ValueError``  a constructor or config argument is out of range
 ``ArgumentTypeError``     ``TypeError``   a constructor or config argument has the wrong type
-``FileFormatError``       ``ValueError``  a model file or checkpoint is missing, corrupt, of
-                                          another format or version, or fails its checksum
+``FileFormatError``       ``ValueError``  a model file or checkpoint is corrupt, of another
+                                          format or version, or fails its checksum (a
+                                          missing file is ``FileNotFoundError``)
 ``CheckpointMismatch``    ``ValueError``  a file is sound but does not fit what loads it
                                           (other architecture, other training settings)
 ``ReconstructionError``   ``RuntimeError``  reconstruction would return a wrong gradient:

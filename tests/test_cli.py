@@ -205,7 +205,7 @@ def test_missing_model_and_observation_files(tmp_path, capsys) -> None:
     not_a_model = tmp_path / "junk.pt"
     not_a_model.write_bytes(b"not a torch file")
     assert main(["sample", "--model", str(not_a_model), "--out", str(tmp_path / "s.pt")]) == 2
-    assert "cannot load a model from" in capsys.readouterr().err
+    assert f"{not_a_model} is not a model file" in capsys.readouterr().err
     assert not (tmp_path / "s.pt").exists()
 
 
@@ -351,7 +351,9 @@ def test_resume_refuses_changed_settings_and_keeps_the_checkpoint(tmp_path, caps
     changed = _config(tmp_path, TINY_TOML.replace("learning_rate = 1e-3", "learning_rate = 0.1"))
     code = main(["train", "--config", str(changed), "--out", str(out), "--quiet", "--resume"])
     assert code == 2
-    assert "cannot resume from" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot resume" in err
+    assert "learning_rate: 0.001 -> 0.1" in err
     assert (out / "checkpoint.pt").read_bytes() == before
     # --overwrite starts afresh
     assert main([*argv, "--overwrite"]) == 0

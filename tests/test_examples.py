@@ -88,7 +88,11 @@ def _python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
 
 
-DOC_PAGES = ["getting-started.md", *(f"howto/{p.name}" for p in (ROOT / "docs/howto").glob("*.md"))]
+DOC_PAGES = [
+    "errors.md",
+    "getting-started.md",
+    *(f"howto/{p.name}" for p in (ROOT / "docs/howto").glob("*.md")),
+]
 
 
 @pytest.mark.parametrize("page", sorted(DOC_PAGES))

@@ -15,9 +15,17 @@ from torch import nn
 
 import hybridflow as hf
 from hybridflow.config import from_config, get_config
+from hybridflow.integrity import digest
 from hybridflow.layers import ActNorm, AffineCoupling, InvConv1x1, Squeeze
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _resigned(payload):
+    """A model-file payload edited in a test, with its checksum recomputed (as a file that
+    was written that way would have)."""
+    body = {k: v for k, v in payload.items() if k != "checksum"}
+    return {**body, "checksum": digest(body)}
 
 
 def _model():
@@ -86,7 +94,7 @@ def test_loading_a_mismatched_model_file(tmp_path):
     hf.save(glow_chain(4, 2, "invert", spatial_dims=0), tmp_path / "a.pt")
     payload = torch.load(tmp_path / "a.pt", weights_only=True)
     payload["state_dict"]["layers.2.conditioner.0.weight"] = torch.zeros(3, 3)
-    torch.save(payload, tmp_path / "b.pt")
+    torch.save(_resigned(payload), tmp_path / "b.pt")
     with pytest.raises(ValueError, match=r"layers.2.conditioner.0.weight: checkpoint \(3, 3\)"):
         hf.load(tmp_path / "b.pt")
 
@@ -122,11 +130,11 @@ def test_bad_files_get_clear_errors(tmp_path):
         hf.load(tmp_path / "other.pt")
     hf.save(hf.Chain(ActNorm(2)), tmp_path / "m.pt")
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
-    torch.save({**payload, "version": 99}, tmp_path / "future.pt")
+    torch.save(_resigned({**payload, "version": 99}), tmp_path / "future.pt")
     with pytest.raises(ValueError, match="format version 99"):
         hf.load(tmp_path / "future.pt")
     payload["config"] = json.dumps({"class": "os.system", "arguments": {}})
-    torch.save(payload, tmp_path / "evil.pt")
+    torch.save(_resigned(payload), tmp_path / "evil.pt")
     with pytest.raises(ValueError, match="unknown module class 'os.system'"):
         hf.load(tmp_path / "evil.pt")
     with pytest.raises(FileNotFoundError, match="does not exist"):

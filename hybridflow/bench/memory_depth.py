@@ -31,7 +31,7 @@ from hybridflow.bench.probes import (
     run_child,
 )
 from hybridflow.cli.errors import UsageError
-from hybridflow.cli.outputs import check_output_folder, pyplot, save_figure, write_text
+from hybridflow.cli.outputs import output_folder, pyplot, save_figure, write_text
 
 __all__ = [
     "MODES",
@@ -298,10 +298,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         UsageError: bad flags, or an output folder that cannot be written.
     """
     settings = settings_from_args(args)
-    out = check_output_folder(args.out)
-    rows = measure(settings)
-    csv_path = write_csv(rows, out / "memory_depth.csv")
-    png_path = plot(rows, out / "memory_depth.png")
+    with output_folder(args.out) as out:
+        rows = measure(settings)
+        csv_path = write_csv(rows, out / "memory_depth.csv")
+        png_path = plot(rows, out / "memory_depth.png")
     print(report(rows))
     print(f"wrote {csv_path} and {png_path}")
     return rows

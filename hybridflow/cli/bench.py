@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from hybridflow.bench import memory_depth
+from hybridflow.cli.errors import add_debug_flag
 
 __all__ = ["add_parser", "run"]
 
@@ -23,6 +24,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     memory_depth.add_arguments(memory, default_out="bench-output")
+    add_debug_flag(memory)
     return parser
 
 

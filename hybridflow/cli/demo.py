@@ -31,7 +31,7 @@ from torch import Tensor
 from hybridflow.bench.step_memory import StepMemory, measure_step_memory
 from hybridflow.cli.errors import UsageError
 from hybridflow.cli.figures import image_posterior
-from hybridflow.cli.outputs import check_output_folder, write_text
+from hybridflow.cli.outputs import output_folder, write_text
 from hybridflow.cli.recipe import build_flow, check_recipe
 from hybridflow.cli.sample import draw_samples
 from hybridflow.cli.threads import torch_threads
@@ -283,8 +283,7 @@ def demo(
     batch = recipe["training"]["batch_size"] if memory_batch is None else memory_batch
     if batch < 1:
         raise UsageError(f"--memory-batch must be at least 1, got {batch}")
-    folder = check_output_folder(out)
-    with torch_threads(threads):
+    with output_folder(out) as folder, torch_threads(threads):
         return _run(recipe, folder, observations, samples, memory, batch, threads, progress, log)
 
 

@@ -1,20 +1,25 @@
 """The ``hybridflow`` command: parse the arguments and run one subcommand.
 
-Subcommands (one module each): ``demo``, ``train``, ``sample``, ``bench memory``. Bad flags,
-bad configs, missing files and output folders that cannot be written are reported as one
-line, ``hybridflow <command>: error: ...``, with exit status 2, before anything is written;
-a missing optional dependency (scikit-learn, matplotlib) likewise, with status 1; an
-interrupted run exits with status 130 and leaves only whole files behind.
+Subcommands (one module each): ``demo``, ``train``, ``sample``, ``bench memory``. Every user
+error (bad flags, bad configs, missing, damaged or mismatched files, output folders that
+cannot be written, and every :mod:`hybridflow.errors` error the library raises, such as too
+few simulations for the validation fraction) is reported as one line,
+``hybridflow <command>: error: ...``, with exit status 2 and no traceback (``--debug`` prints
+it too); a missing optional dependency (scikit-learn, matplotlib) likewise, with status 1; an
+interrupted run exits with status 130 and leaves only whole files behind. A failed run leaves
+no empty output folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from hybridflow.cli import bench, demo, sample, train
-from hybridflow.cli.errors import UsageError
+from hybridflow.cli.errors import UsageError, add_debug_flag
+from hybridflow.errors import HybridflowError
 
 __all__ = ["build_parser", "main"]
 
@@ -38,9 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hybridflow {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_debug_flag(parser, top=True)
     for module in _COMMANDS.values():
-        module.add_parser(commands)
+        add_debug_flag(module.add_parser(commands))
     return parser
+
+
+def _one_line(error: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def _report(args: argparse.Namespace, error: BaseException) -> None:
+    if args.debug:
+        traceback.print_exception(error)
+    print(f"hybridflow {args.command}: error: {_one_line(error)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,11 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return _COMMANDS[args.command].run(args)
-    except UsageError as error:
-        print(f"hybridflow {args.command}: error: {error}", file=sys.stderr)
+    except (UsageError, HybridflowError) as error:
+        _report(args, error)
         return 2
     except ImportError as error:  # an optional dependency; the message says what to install
-        print(f"hybridflow {args.command}: error: {error}", file=sys.stderr)
+        _report(args, error)
         return 1
     except KeyboardInterrupt:
         print(

@@ -5,13 +5,22 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hybridflow.cli.errors import UsageError
 from hybridflow.serialization import atomic_write
 
-__all__ = ["OutputError", "check_output_folder", "pyplot", "save_figure", "write_text"]
+__all__ = [
+    "OutputError",
+    "check_output_folder",
+    "output_folder",
+    "pyplot",
+    "save_figure",
+    "write_text",
+]
 
 
 class OutputError(UsageError):
@@ -52,6 +61,39 @@ def check_output_folder(folder: str | os.PathLike[str]) -> Path:
     os.close(handle)
     os.unlink(probe)
     return path
+
+
+@contextmanager
+def output_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Create ``folder`` for the work done in the body (checked by
+    :func:`check_output_folder`); if the body fails, the folders this created are removed
+    again while they are empty, so a failed run leaves no empty folder behind.
+
+    Enter it when the work starts, after every input has been checked.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> out = Path(tempfile.mkdtemp()) / "run" / "figures"
+        >>> try:
+        ...     with output_folder(out):
+        ...         raise ValueError("the work failed")
+        ... except ValueError:
+        ...     pass
+        >>> out.parent.exists()
+        False
+    """
+    path = Path(folder)
+    created = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    try:
+        yield check_output_folder(path)
+    except BaseException:
+        for made in created:
+            try:
+                made.rmdir()  # only an empty folder is removed
+            except OSError:
+                break
+        raise
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

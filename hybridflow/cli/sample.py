@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,11 @@ from torch import Tensor
 
 from hybridflow.cli.errors import UsageError
 from hybridflow.cli.figures import image_posterior, vector_posterior
-from hybridflow.cli.outputs import check_output_folder
+from hybridflow.cli.outputs import output_folder
 from hybridflow.cli.recipe import build_task, check_recipe
 from hybridflow.cli.threads import torch_threads
 from hybridflow.distributions import ConditionalFlow
+from hybridflow.integrity import read_torch_file
 from hybridflow.serialization import atomic_torch_save, load
 
 __all__ = ["add_parser", "draw_samples", "load_flow", "read_observations", "run"]
@@ -34,15 +36,13 @@ def load_flow(path: str | Path) -> tuple[ConditionalFlow, dict[str, Any]]:
     """Load a conditional flow saved with :func:`hybridflow.save`; ``(flow, metadata)``.
 
     Raises:
-        UsageError: no such file, not a hybridflow model file, or not a conditional flow.
+        UsageError: no such file, or not a conditional flow.
+        FileFormatError: not a sound hybridflow model file (the message names it).
     """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
-    try:
-        flow, metadata = load(path)
-    except Exception as error:  # torch.load and from_config raise many kinds
-        raise UsageError(f"cannot load a model from {path}: {error}") from error
+    flow, metadata = load(path)
     if not isinstance(flow, ConditionalFlow):
         raise UsageError(
             f"{path} holds a {type(flow).__name__}, not a ConditionalFlow; sampling a posterior "
@@ -56,14 +56,12 @@ def read_observations(path: str | Path) -> Tensor:
 
     Raises:
         UsageError: no such file, or no tensor in it.
+        FileFormatError: not a file :func:`torch.load` reads with ``weights_only=True``.
     """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"observation file {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many kinds for a file it cannot read
-        raise UsageError(f"cannot read observations from {path}: {error}") from error
+    data = read_torch_file(path, map_location="cpu", what="tensor file of observations")
     if isinstance(data, dict) and isinstance(data.get("x"), Tensor):
         data = data["x"]
     if not isinstance(data, Tensor) or not data.is_floating_point():
@@ -151,9 +149,22 @@ def _run(args: argparse.Namespace) -> int:
         titles = [f"held-out {i}" for i in indices]
         mask = getattr(task, "mask", None)  # the inpainting task's observed pixels
         missing = None if mask is None else ~mask
-    for target in (args.out, args.png):  # after every input is read: a refusal creates nothing
-        if target is not None:
-            check_output_folder(target.parent)
+    with ExitStack() as folders:  # after every input is read: a refusal creates nothing
+        for target in (args.out, args.png):
+            if target is not None:
+                folders.enter_context(output_folder(target.parent))
+        return _write(args, flow, observations, truth, titles, missing)
+
+
+def _write(
+    args: argparse.Namespace,
+    flow: ConditionalFlow,
+    observations: Tensor,
+    truth: Tensor | None,
+    titles: list[str],
+    missing: Tensor | None,
+) -> int:
+    """Sample and write ``args.out`` (and ``args.png``)."""
     samples = draw_samples(flow, observations, args.num, args.seed)
     result = {
         "samples": samples,

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from hybridflow.cli.errors import UsageError
 from hybridflow.cli.figures import training_curve
-from hybridflow.cli.outputs import check_output_folder, pyplot, write_text
+from hybridflow.cli.outputs import output_folder, pyplot, write_text
 from hybridflow.cli.recipe import (
     build_flow,
     build_task,
@@ -30,6 +30,7 @@ from hybridflow.cli.recipe import (
 )
 from hybridflow.cli.threads import torch_threads
 from hybridflow.distributions import ConditionalFlow
+from hybridflow.errors import FileFormatError
 from hybridflow.sbi import EpochRecord, NPEHistory, NPETrainer, Task, load_checkpoint, simulate
 from hybridflow.serialization import save
 
@@ -94,8 +95,11 @@ def train_recipe(
 
     Raises:
         UsageError: a bad recipe or override, an output folder that cannot be written, an
-            existing checkpoint without ``resume`` or ``overwrite``, or a checkpoint that does
-            not match the recipe.
+            existing checkpoint without ``resume`` or ``overwrite``, or (with ``resume``) a
+            checkpoint that is damaged or does not match the recipe.
+        HybridflowError: what the trainer refuses, e.g. too few simulations for the
+            validation fraction (:class:`~hybridflow.errors.InputError`). A failed run leaves
+            no empty output folder.
     """
     start = time.perf_counter()
 
@@ -116,19 +120,6 @@ def train_recipe(
     pyplot()  # matplotlib is needed at the end: fail now, not after training, if it is missing
     task = build_task(recipe)
     flow = build_flow(recipe, task)
-    check_output_folder(folder)  # last of the checks: a refused run creates nothing
-    say(f"training: {recipe_summary(recipe)}")
-    count, seed = recipe["simulations"]["count"], recipe["simulations"]["seed"]
-    data = simulate(task, count, seed=seed)
-    if resume and checkpoint.exists():
-        try:
-            finished = bool(load_checkpoint(checkpoint).get("finished"))
-        except Exception as error:  # torch.load raises many kinds for a file it cannot read
-            raise UsageError(f"cannot resume from {checkpoint}: {error}") from error
-        state = "a finished run: nothing more to train" if finished else "resuming"
-        say(f"{checkpoint}: {state}")
-    elif resume:
-        say(f"no checkpoint at {checkpoint} yet: starting afresh")
     trainer = NPETrainer(flow, config, checkpoint=checkpoint)
 
     def report(record: EpochRecord) -> None:
@@ -137,27 +128,34 @@ def train_recipe(
             drift = "" if math.isnan(record.drift) else f", drift {record.drift:.1e}"
             say(f"epoch {record.epoch}: train {record.train_loss:.3f}{val}{drift}")
 
-    try:
-        history = trainer.fit(data.theta, data.x, resume=resume, on_epoch_end=report)
-    except ValueError as error:
-        message = str(error)
-        if resume and (
-            message.startswith(f"NPETrainer: {checkpoint} ")
-            or "the checkpoint was written with other settings" in message
-        ):
-            raise UsageError(f"cannot resume from {checkpoint}: {message}") from error
-        raise
-    flow.eval()
-    metadata = {
-        "recipe": recipe,
-        "epochs": history.epochs,
-        "best_epoch": history.best_epoch,
-        "final_validation_loss": history.validation_loss[-1] if history.validation_loss else None,
-    }
-    files = {"checkpoint": checkpoint, "model": folder / MODEL}
-    save(flow, files["model"], metadata)
-    files["history"] = write_text(folder / "history.csv", _history_csv(history))
-    files["curve"] = training_curve(history, folder / "training_curve.png")
+    with output_folder(folder):  # the work starts: a refused run created nothing
+        say(f"training: {recipe_summary(recipe)}")
+        count, seed = recipe["simulations"]["count"], recipe["simulations"]["seed"]
+        data = simulate(task, count, seed=seed)
+        try:
+            if resume and checkpoint.exists():
+                finished = bool(load_checkpoint(checkpoint).get("finished"))
+                say(
+                    f"{checkpoint}: "
+                    + ("a finished run: nothing more to train" if finished else "resuming")
+                )
+            elif resume:
+                say(f"no checkpoint at {checkpoint} yet: starting afresh")
+            history = trainer.fit(data.theta, data.x, resume=resume, on_epoch_end=report)
+        except FileFormatError as error:  # only resuming reads a file: damaged or mismatched
+            raise UsageError(f"cannot resume: {error} (--overwrite starts afresh)") from error
+        flow.eval()
+        final = history.validation_loss[-1] if history.validation_loss else None
+        metadata = {
+            "recipe": recipe,
+            "epochs": history.epochs,
+            "best_epoch": history.best_epoch,
+            "final_validation_loss": final,
+        }
+        files = {"checkpoint": checkpoint, "model": folder / MODEL}
+        save(flow, files["model"], metadata)
+        files["history"] = write_text(folder / "history.csv", _history_csv(history))
+        files["curve"] = training_curve(history, folder / "training_curve.png")
     return TrainResult(flow, task, history, files, time.perf_counter() - start)
 
 

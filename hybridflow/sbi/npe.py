@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from hybridflow.autograd.drift import max_drift
+from hybridflow.errors import CheckpointMismatch, InputError
 from hybridflow.sbi.checkpoint import save_checkpoint
 from hybridflow.sbi.data import NonFinitePolicy, Observations, Simulations, check_simulations
 from hybridflow.sbi.training import (
@@ -23,7 +24,8 @@ from hybridflow.sbi.training import (
     load_run_checkpoint,
     model_device,
     progress_bar,
-    restore_rng,
+    restore_run,
+    restored_history,
     rng_state,
     scheduler_step,
 )
@@ -33,6 +35,19 @@ __all__ = ["EpochRecord", "NPEConfig", "NPEHistory", "NPETrainer"]
 _FORMAT = "hybridflow.sbi.npe/1"
 # Settings a resumed run may change: they do not alter the epochs already run.
 _MAY_CHANGE = ("max_epochs", "patience", "progress", "checkpoint_every")
+# What an NPE checkpoint holds besides its format and config.
+_ENTRIES = (
+    "finished",
+    "model",
+    "optimizer",
+    "scheduler",
+    "best_model",
+    "best_loss",
+    "waited",
+    "history",
+    "rng",
+    "data",
+)
 
 
 @dataclass
@@ -168,7 +183,8 @@ class NPETrainer:
     dict) are written every ``checkpoint_every`` epochs, atomically (temporary file, then
     :func:`os.replace`), so an interrupted save never corrupts the previous checkpoint. ``fit(...,
     resume=True)`` continues from it and ends where an uninterrupted run with the same seed
-    would. Checkpoints are read with ``torch.load(..., weights_only=True)``.
+    would. Checkpoints are read with ``torch.load(..., weights_only=True)`` and checksummed;
+    a resume checks every part of the checkpoint before it restores anything.
 
     Args:
         flow: the conditional density estimator.
@@ -215,7 +231,7 @@ class NPETrainer:
         fraction = self.config.validation_fraction
         n_val = 0 if fraction == 0 else max(1, round(fraction * n))
         if n - n_val < 1:
-            raise ValueError(
+            raise InputError(
                 f"NPETrainer: {n} simulation(s) leave none for training with "
                 f"validation_fraction={fraction}; simulate more or lower the fraction"
             )
@@ -276,7 +292,11 @@ class NPETrainer:
 
         Raises:
             ValueError: an empty data set, mismatched sizes, NaN/Inf with
-                ``nonfinite="raise"``, a checkpoint from other settings or other data.
+                ``nonfinite="raise"``; too few simulations for ``validation_fraction``
+                (:class:`~hybridflow.errors.InputError`).
+            CheckpointMismatch: on resume, a checkpoint of another architecture, other
+                settings or other data; the flow is left as it was.
+            FileFormatError: on resume, a damaged checkpoint (the message names it).
             RuntimeError: the loss became NaN/Inf (lower the learning rate).
         """
         cfg = self.config
@@ -303,12 +323,10 @@ class NPETrainer:
             torch.manual_seed(cfg.seed)
             state = self._load(fingerprint) if resume else None
             if state is not None:
-                self.flow.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                if scheduler is not None:
-                    scheduler.load_state_dict(state["scheduler"])
-                restore_rng(state["rng"], generator, device)
-                history = NPEHistory(**state["history"])
+                path = self.checkpoint
+                history = restored_history(NPEHistory, state["history"], path)
+                models = ("model", "best_model")
+                restore_run(state, path, self.flow, optimizer, scheduler, generator, device, models)
                 best_loss, best_state = state["best_loss"], state["best_model"]
                 waited = state["waited"]
             bar = progress_bar(cfg.progress, cfg.max_epochs, history.epochs, "NPE")
@@ -406,14 +424,20 @@ class NPETrainer:
             _MAY_CHANGE,
             "NPETrainer",
             "an NPE",
+            _ENTRIES,
         )
         if state is None:
             return None
-        saved = state["data"].cpu()
-        if saved.shape != fingerprint.shape or not torch.allclose(saved, fingerprint, rtol=1e-12):
-            raise ValueError(
+        saved = state["data"]
+        if not (
+            isinstance(saved, Tensor)
+            and saved.shape == fingerprint.shape
+            and torch.allclose(saved.cpu(), fingerprint, rtol=1e-12)
+        ):
+            raise CheckpointMismatch(
                 f"NPETrainer: {self.checkpoint} was written for another data set (size or "
-                "values differ); resume with the same simulations"
+                "values differ); resume with the same simulations",
+                path=self.checkpoint,
             )
         return state
 

@@ -21,7 +21,8 @@ from hybridflow.sbi.training import (
     load_run_checkpoint,
     model_device,
     progress_bar,
-    restore_rng,
+    restore_run,
+    restored_history,
     rng_state,
     scheduler_step,
 )
@@ -210,8 +211,10 @@ class ReverseKLTrainer:
             The :class:`ReverseKLHistory`.
 
         Raises:
-            ValueError: observations of the wrong shape, empty or not finite; a checkpoint
-                from other settings.
+            ValueError: observations of the wrong shape, empty or not finite.
+            CheckpointMismatch: on resume, a checkpoint of another architecture or other
+                settings; the flow is left as it was.
+            FileFormatError: on resume, a damaged checkpoint (the message names it).
             RuntimeError: the loss became NaN/Inf.
         """
         cfg = self.config
@@ -240,12 +243,9 @@ class ReverseKLTrainer:
             torch.manual_seed(cfg.seed)
             state = self._load() if resume else None
             if state is not None:
-                self.flow.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                if scheduler is not None:
-                    scheduler.load_state_dict(state["scheduler"])
-                restore_rng(state["rng"], generator, device)
-                history = ReverseKLHistory(**state["history"])
+                path = self.checkpoint
+                history = restored_history(ReverseKLHistory, state["history"], path)
+                restore_run(state, path, self.flow, optimizer, scheduler, generator, device)
             bar = progress_bar(cfg.progress, cfg.steps, history.steps, "reverse KL")
             self.flow.train()
             try:

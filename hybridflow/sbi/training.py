@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +12,9 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from hybridflow.errors import ArgumentError, CheckpointMismatch, FileFormatError
 from hybridflow.sbi.checkpoint import load_checkpoint
+from hybridflow.serialization import check_state_dict
 
 __all__ = [
     "Progress",
@@ -24,6 +27,8 @@ __all__ = [
     "model_device",
     "progress_bar",
     "restore_rng",
+    "restore_run",
+    "restored_history",
     "rng_state",
     "scheduler_step",
 ]
@@ -139,28 +144,51 @@ def load_run_checkpoint(
     may_change: tuple[str, ...],
     owner: str,
     kind: str,
+    required: tuple[str, ...] = ("model", "optimizer", "scheduler", "history", "rng"),
 ) -> dict[str, Any] | None:
-    """The checkpoint a trainer resumes from, checked (its format and that its settings match
-    ``config``); ``None`` when there is no file yet. ``kind`` names the checkpoint in errors
-    ("an NPE", "a reverse-KL")."""
+    """The checkpoint a trainer resumes from, checked: its checksum, its format, that it has
+    the entries ``required`` and that its settings match ``config``; ``None`` when there is
+    no file yet. ``kind`` names the checkpoint in errors ("an NPE", "a reverse-KL").
+
+    Raises:
+        ArgumentError: ``path`` is ``None`` (resuming needs a checkpoint path).
+        FileFormatError: the file is damaged, not a checkpoint, or lacks an entry.
+        CheckpointMismatch: a checkpoint of another trainer, or of other settings.
+    """
     if path is None:
-        raise ValueError(f"{owner}.fit: resume=True needs a checkpoint path")
+        raise ArgumentError(
+            f"{owner}.fit: resume=True needs a checkpoint path", argument="checkpoint"
+        )
     if not path.exists():
         return None
     state = load_checkpoint(path, map_location=model_device(flow))
     if state.get("format") != expected_format:
-        raise ValueError(
-            f"{owner}: {path} is not {kind} checkpoint (format {state.get('format')!r}, "
-            f"expected {expected_format!r})"
+        raise CheckpointMismatch(
+            f"{path} is not {kind} checkpoint (format {state.get('format')!r}, expected "
+            f"{expected_format!r})",
+            path=path,
         )
-    check_config_matches(state["config"], config, may_change, owner)
+    missing = [key for key in ("config", *required) if key not in state]
+    if missing or not isinstance(state["config"], dict):
+        raise FileFormatError(
+            f"{path}: {kind} checkpoint without {missing or 'a config dict'}", path=path
+        )
+    check_config_matches(state["config"], config, may_change, owner, path)
     return state
 
 
 def check_config_matches(
-    saved: dict[str, Any], current: dict[str, Any], may_change: tuple[str, ...], where: str
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    may_change: tuple[str, ...],
+    where: str,
+    path: Path | None = None,
 ) -> None:
-    """Refuse to resume a run whose settings changed (other than those in ``may_change``)."""
+    """Refuse to resume a run whose settings changed (other than those in ``may_change``).
+
+    Raises:
+        CheckpointMismatch: naming each changed setting, old and new value.
+    """
     changed = sorted(
         key
         for key in set(saved) | set(current)
@@ -168,10 +196,125 @@ def check_config_matches(
     )
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
-        raise ValueError(
-            f"{where}: the checkpoint was written with other settings ({details}); resume with "
-            "the same configuration, or start afresh with resume=False"
+        source = "the checkpoint" if path is None else str(path)
+        raise CheckpointMismatch(
+            f"{where}: {source} was written with other settings ({details}); resume with "
+            "the same configuration, or start afresh with resume=False",
+            path=path,
         )
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer, saved: Any, path: Path) -> None:
+    """Check that a saved optimiser state has this optimiser's groups, parameter counts and,
+    per parameter, state tensors of the parameter's shape."""
+    if not (
+        isinstance(saved, dict)
+        and isinstance(saved.get("state"), dict)
+        and isinstance(saved.get("param_groups"), list)
+        and all(
+            isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved["param_groups"]
+        )
+    ):
+        raise FileFormatError(
+            f"{path}: its optimizer state is not an optimizer state_dict", path=path
+        )
+    groups = optimizer.param_groups
+    counts = [len(g["params"]) for g in saved["param_groups"]]
+    if counts != [len(g["params"]) for g in groups]:
+        raise CheckpointMismatch(
+            f"{path}: the optimizer state is for {counts} trainable parameters per group, "
+            f"this flow has {[len(g['params']) for g in groups]}",
+            path=path,
+        )
+    params = {
+        index: param
+        for saved_group, group in zip(saved["param_groups"], groups, strict=True)
+        for index, param in zip(saved_group["params"], group["params"], strict=True)
+    }
+    for index, entry in saved["state"].items():
+        param = params.get(index)
+        if param is None or not isinstance(entry, dict):
+            raise FileFormatError(
+                f"{path}: optimizer state for unknown parameter {index!r}", path=path
+            )
+        for name, value in entry.items():
+            if isinstance(value, Tensor) and value.dim() > 0 and value.shape != param.shape:
+                raise CheckpointMismatch(
+                    f"{path}: optimizer state {name!r} of parameter {index} has shape "
+                    f"{tuple(value.shape)}, the parameter {tuple(param.shape)}",
+                    path=path,
+                )
+
+
+def _check_rng_state(saved: Any, generator: torch.Generator, path: Path) -> None:
+    expected = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    for key, reference in expected.items():
+        value = saved.get(key) if isinstance(saved, dict) else None
+        if not (
+            isinstance(value, Tensor)
+            and value.dtype == reference.dtype
+            and value.shape == reference.shape
+        ):
+            raise FileFormatError(
+                f"{path}: its random state {key!r} is not a generator state", path=path
+            )
+
+
+def restore_run(
+    state: dict[str, Any],
+    path: Path,
+    flow: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generator: torch.Generator,
+    device: torch.device,
+    models: tuple[str, ...] = ("model",),
+) -> None:
+    """Check that every part of a checkpoint fits this run, then restore it: the flow's
+    weights, the optimiser's and the schedule's state and the random state (call inside
+    :func:`forked_rng`). When a part does not fit, nothing has changed.
+
+    Args:
+        state: a checkpoint from :func:`load_run_checkpoint`.
+        path: its file, named in errors.
+        flow, optimizer, scheduler, generator, device: the run's.
+        models: the entries holding weights of ``flow`` (``None`` entries are skipped; the
+            first is loaded into ``flow``).
+
+    Raises:
+        CheckpointMismatch: weights of another architecture (all mismatches named), or an
+            optimiser state for other parameters.
+        FileFormatError: an entry that is not what the trainer wrote.
+    """
+    for key in models:
+        if state[key] is not None or key == models[0]:
+            check_state_dict(flow, state[key], source=path)
+    _check_optimizer_state(optimizer, state["optimizer"], path)
+    if (scheduler is None) != (state["scheduler"] is None):
+        raise CheckpointMismatch(
+            f"{path}: the checkpoint's learning-rate schedule differs", path=path
+        )
+    _check_rng_state(state["rng"], generator, path)
+    flow.load_state_dict(state[models[0]])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    restore_rng(state["rng"], generator, device)
+
+
+def restored_history(cls: type, saved: Any, path: Path) -> Any:
+    """A history dataclass ``cls`` rebuilt from its saved ``asdict`` form.
+
+    Raises:
+        FileFormatError: ``saved`` does not have exactly the fields of ``cls``.
+    """
+    names = {field.name for field in dataclasses.fields(cls)}
+    if not isinstance(saved, dict) or set(saved) != names:
+        got = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+        raise FileFormatError(
+            f"{path}: its history has fields {got}, expected {sorted(names)}", path=path
+        )
+    return cls(**saved)
 
 
 class Progress:
