@@ -67,7 +67,7 @@ class Chain(InvertibleModule):
             Non-finite rebuilt values always raise. The last measurement is
             :attr:`drift_report`.
         drift_tolerance: relative error ``||h' - h|| / ||h||`` allowed per rebuilt layer
-            input; ``None``: 1e-3 for float32, 1e-7 for float64, 5e-2 for half precisions.
+            input; ``None``: 1e-5 for float32, 1e-9 for float64, 5e-2 for half precisions.
         drift_every: check one differentiable call in this many (the first always; ``1``:
             every call; ``0``: none, NaN/Inf are still caught). A checked call keeps
             ``9`` numbers per sample and layer (the whole sample when it has at most 8) and
