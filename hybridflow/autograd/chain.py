@@ -9,12 +9,15 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from hybridflow.arguments import boolean, integer, one_of
 from hybridflow.autograd.aliases import parameter_aliases
-from hybridflow.autograd.checks import check_finite, inside_chain, is_inside_chain
+from hybridflow.autograd.checks import check_entry, inside_chain, is_inside_chain, layer_place
 from hybridflow.autograd.function import ReconstructingFunction
 from hybridflow.autograd.microbatch import check_acts_per_sample, reconstruct_in_slices
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
 from hybridflow.autograd.replay import ReplayState, is_replaying
+from hybridflow.autograd.validation import data_checks, torch_func_active
+from hybridflow.errors import ArgumentTypeError, InputError, InputTypeError
 
 __all__ = ["Chain", "Mode"]
 
@@ -48,6 +51,13 @@ class Chain(InvertibleModule):
             (seeded once per call), so that random layers (dropout in a conditioner) draw the
             same numbers when re-run during backward. Costs one integer per call; disable only
             for deterministic layers. ``"store"`` mode draws exactly as ``nn.Sequential``.
+        validate: run the data-dependent entry checks (NaN/Inf in the input and condition):
+            ``None`` follows :class:`hybridflow.set_validation` (on by default); pass
+            ``False`` for speed, e.g. under ``torch.compile`` or ``torch.func`` transforms
+            (where they are skipped anyway). Metadata checks (type, empty batch, dtype and
+            device against the parameters, a missing condition) always run, once, at the
+            chain's entry, and name the layer: ``Chain layer 0 (ActNorm): input is
+            torch.float64 but the parameters are torch.float32; ...``.
 
     Example:
         >>> import torch, hybridflow as hf
@@ -65,21 +75,25 @@ class Chain(InvertibleModule):
         anchor_every: int | None = None,
         micro_batches: int = 1,
         preserve_rng_state: bool = True,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         for i, module in enumerate(modules):
             if not isinstance(module, InvertibleModule):
-                raise TypeError(
-                    f"Chain: item {i} is a {type(module).__name__}, not an InvertibleModule; "
+                raise ArgumentTypeError(
+                    f"item {i} is a {type(module).__name__}, not an InvertibleModule; "
                     "non-invertible modules belong outside the chain (or in a coupling's "
-                    "conditioner)"
+                    "conditioner)",
+                    argument="modules",
+                    where=("Chain",),
                 )
-        if mode not in get_args(Mode):
-            raise ValueError(f"Chain: mode must be one of {get_args(Mode)}, got {mode!r}")
-        if anchor_every is not None and (not isinstance(anchor_every, int) or anchor_every < 1):
-            raise ValueError(f"Chain: anchor_every must be a positive int, got {anchor_every!r}")
-        if not isinstance(micro_batches, int) or micro_batches < 1:
-            raise ValueError(f"Chain: micro_batches must be a positive int, got {micro_batches!r}")
+        one_of(mode, "mode", "Chain", get_args(Mode))
+        integer(anchor_every, "anchor_every", "Chain", minimum=1, optional=True)
+        integer(micro_batches, "micro_batches", "Chain", minimum=1)
+        boolean(preserve_rng_state, "preserve_rng_state", "Chain")
+        if validate is not None:
+            boolean(validate, "validate", "Chain")
+        self.validate = validate
         self.layers = nn.ModuleList(modules)
         self.mode: Mode = mode
         self.anchor_every = anchor_every
@@ -93,6 +107,7 @@ class Chain(InvertibleModule):
             "anchor_every": self.anchor_every,
             "micro_batches": self.micro_batches,
             "preserve_rng_state": self.preserve_rng_state,
+            **({} if self.validate is None else {"validate": self.validate}),
         }
 
     def __len__(self) -> int:
@@ -114,7 +129,6 @@ class Chain(InvertibleModule):
             return self._pass(x, cond, inverse=False)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_finite(y, "Chain.inverse")
         return self._pass(y, cond, inverse=True)
 
     @property
@@ -122,13 +136,15 @@ class Chain(InvertibleModule):
         return any(layer.takes_condition for layer in self)
 
     def _pass(self, h: Tensor, cond: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
-        if not isinstance(h, Tensor):
-            raise TypeError(f"Chain: expected a torch.Tensor input, got {type(h).__name__}")
-        if cond is not None and not self.takes_condition and not is_inside_chain():
-            raise ValueError(
-                "Chain: got a condition but none of its layers takes one (build couplings "
-                "with cond_features > 0)"
-            )
+        if not is_inside_chain():  # the outermost chain checks its entry, once
+            steps = self._steps(inverse)
+            check_entry(h, cond, steps, finite=data_checks(self.validate), inverse=inverse)
+            if cond is not None and not self.takes_condition:
+                raise InputError(
+                    "got a condition but none of its layers takes one (build couplings "
+                    "with cond_features > 0)",
+                    where=("Chain",),
+                )
         params = tuple(self.parameters())
         differentiable = torch.is_grad_enabled() and (
             h.requires_grad
@@ -141,17 +157,15 @@ class Chain(InvertibleModule):
         # draws exactly as nn.Sequential does.
         seeded = self._seeds_layers()
         if self.mode == "invert" and differentiable and len(self.layers) > 0:
-            if self.micro_batches > 1:
-                check_acts_per_sample(self, "Chain")
-            try:
-                return ReconstructingFunction.apply(self, inverse, h, cond, *params)
-            except RuntimeError as error:
-                # torch.func transforms (vmap, grad, jacrev, jacfwd) refuse this Function
-                # before running anything; the chain then runs as plain autograd (store mode),
-                # without seeding (random draws under vmap must come from the transform).
-                if "functorch" not in str(error):
-                    raise
+            if torch_func_active():
+                # torch.func transforms (vmap, grad, jacrev, jacfwd) refuse a Function without
+                # setup_context; the chain then runs as plain autograd (store mode), without
+                # seeding (random draws under vmap must come from the transform).
                 seeded = is_replaying()
+            else:
+                if self.micro_batches > 1:
+                    check_acts_per_sample(self, "Chain")
+                return ReconstructingFunction.apply(self, inverse, h, cond, *params)
         replay = ReplayState.capture(h.device, seeded)
         return self._run_layers(h, cond, inverse=inverse, replay=replay)
 
@@ -266,13 +280,18 @@ class Chain(InvertibleModule):
 
 @contextmanager
 def _named_errors(chain: Chain, index: int, layer: nn.Module) -> Iterator[None]:
-    """Prefix input errors raised by a layer with its position in the chain."""
+    """Locate input errors raised by a layer at its position in the chain (``error.where``);
+    a plain ``ValueError``/``TypeError`` of a user's layer becomes an input error there."""
     try:
         yield
+    except (InputError, InputTypeError) as error:
+        error.located(layer_place(index, layer))
+        raise
     except (ValueError, TypeError) as error:
         if type(error) not in (ValueError, TypeError):
             raise
-        raise type(error)(f"Chain layer {index} ({type(layer).__name__}): {error}") from error
+        kind = InputTypeError if type(error) is TypeError else InputError
+        raise kind(str(error), where=(layer_place(index, layer),)) from error
 
 
 @contextmanager
