@@ -116,14 +116,13 @@ def number(
 def one_of(value: T, name: str, where: str, choices: Collection[object]) -> T:
     """Return ``value`` if it is one of ``choices`` (a mode, a kind).
 
+    A value must equal a choice and have its type: ``True`` is not the choice ``1``.
+
     Raises:
-        ArgumentError: any other value (also one of another type: ``mode=1``).
+        ArgumentError: any other value.
     """
-    try:
-        known = value in choices
-    except TypeError:  # an unhashable value asked of a set
-        known = False
-    if not known:
+    # of the same type too: True == 1 and 1.0 == 1 in Python, but neither is the mode 1
+    if not any(type(value) is type(choice) and value == choice for choice in choices):
         raise ArgumentError(
             f"{name} must be one of {tuple(choices)}, got {value!r}", argument=name, where=(where,)
         )

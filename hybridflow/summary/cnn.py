@@ -7,6 +7,7 @@ from typing import Literal, get_args
 from torch import Tensor, nn
 
 from hybridflow.config import Configurable
+from hybridflow.errors import InputError, InputTypeError
 from hybridflow.summary.validation import check_size
 
 __all__ = ["CNN", "SummaryOutput"]
@@ -97,9 +98,9 @@ class CNN(nn.Module, Configurable):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_channels, *S)`` to ``(B, out_features)`` or ``(B, out_features, *S)``."""
         if not isinstance(x, Tensor):
-            raise TypeError(f"CNN: expected a tensor, got {type(x).__name__}")
+            raise InputTypeError(f"CNN: expected a tensor, got {type(x).__name__}")
         if x.dim() != 2 + self.spatial_dims or x.shape[1] != self.in_channels:
-            raise ValueError(
+            raise InputError(
                 f"CNN: expected {_LAYOUT[self.spatial_dims]} with C={self.in_channels}, got "
                 f"shape {tuple(x.shape)}"
             )

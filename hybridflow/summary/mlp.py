@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from hybridflow.config import Configurable
+from hybridflow.errors import InputError, InputTypeError
 from hybridflow.summary.validation import check_size
 
 __all__ = ["MLP", "mlp_layers"]
@@ -69,9 +70,9 @@ class MLP(nn.Module, Configurable):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, *shape) -> (B, out_features)``; ``prod(shape)`` must equal ``in_features``."""
         if not isinstance(x, Tensor):
-            raise TypeError(f"MLP: expected a tensor, got {type(x).__name__}")
+            raise InputTypeError(f"MLP: expected a tensor, got {type(x).__name__}")
         if x.dim() < 2 or x[0].numel() != self.in_features:
-            raise ValueError(
+            raise InputError(
                 f"MLP: expected a batch (B, ...) of {self.in_features} entries per observation, "
                 f"got shape {tuple(x.shape)}"
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from hybridflow.errors import InputError
+
 __all__ = ["Standardize"]
 
 
@@ -49,9 +51,9 @@ class Standardize(nn.Module):
         """Fit :math:`\\mu, \\sigma` per entry on a batch ``(N, *shape)``, ``N >= 2``."""
         if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] < 2:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"Standardize.from_data: expected a batch (N >= 2, ...), got {got}")
+            raise InputError(f"Standardize.from_data: expected a batch (N >= 2, ...), got {got}")
         if not torch.isfinite(x).all():
-            raise ValueError("Standardize.from_data: the data have NaN/Inf values")
+            raise InputError("Standardize.from_data: the data have NaN/Inf values")
         return cls(x.mean(0), x.std(0), eps)
 
     def forward(self, x: Tensor) -> Tensor:
