@@ -4,7 +4,7 @@ import importlib
 from typing import Any
 
 from hybridflow import distributions, graph, layers, networks, operators, summary, testing
-from hybridflow.autograd import Chain, InvertibleModule, Mode, Reconstruction
+from hybridflow.autograd import Chain, InvertibleModule, Mode, Reconstruction, set_validation
 from hybridflow.distributions import ConditionalFlow, Flow
 from hybridflow.graph import BudgetError, Graph, GraphModule, Plan, Strategy
 from hybridflow.operators import LinearOperator, Operator
@@ -33,6 +33,7 @@ __all__ = [
     "operators",
     "save",
     "sbi",
+    "set_validation",
     "summary",
     "testing",
 ]

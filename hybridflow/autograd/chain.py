@@ -81,7 +81,7 @@ class Chain(InvertibleModule):
         for i, module in enumerate(modules):
             if not isinstance(module, InvertibleModule):
                 raise ArgumentTypeError(
-                    f"item {i} is a {type(module).__name__}, not an InvertibleModule; "
+                    f"modules: item {i} is a {type(module).__name__}, not an InvertibleModule; "
                     "non-invertible modules belong outside the chain (or in a coupling's "
                     "conditioner)",
                     argument="modules",

@@ -9,7 +9,7 @@ from typing import Any
 import networkx as nx
 from torch import Tensor, nn
 
-from hybridflow.arguments import boolean
+from hybridflow.arguments import boolean, integer, positive_int
 from hybridflow.autograd.checks import check_batch, check_finite
 from hybridflow.autograd.microbatch import check_acts_per_sample
 from hybridflow.autograd.validation import data_checks, validation_scope
@@ -118,14 +118,8 @@ class GraphModule(nn.Module):
         """
         budget = None if memory_budget is None else parse_bytes(memory_budget)
         batch = self.batch_size if batch_size is None else batch_size
-        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-            raise ValueError(f"Graph.plan: batch_size must be a positive int, got {batch_size!r}")
-        if max_inverted_run is not None and (
-            not isinstance(max_inverted_run, int) or max_inverted_run < 1
-        ):
-            raise ValueError(
-                f"Graph.plan: max_inverted_run must be a positive int, got {max_inverted_run!r}"
-            )
+        positive_int(batch, "batch_size", "Graph.plan")
+        integer(max_inverted_run, "max_inverted_run", "Graph.plan", minimum=1, optional=True)
         pins = self._check_pins(pin or {})
         segments = segment_graph(self.specs, self.order, self.outputs, pins)
         modules = {n: s.module for n, s in self.specs.items()}

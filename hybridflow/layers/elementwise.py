@@ -151,11 +151,12 @@ class LeakyReLU(InvertibleModule):
     @staticmethod
     def _check(x: object, where: str) -> None:
         if not isinstance(x, Tensor):
-            raise InputTypeError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
+            raise InputTypeError(f"expected a torch.Tensor, got {type(x).__name__}", where=(where,))
         if x.dim() < 1 or not x.is_floating_point():
             raise InputError(
-                f"{where}: expected a floating-point batch (B, ...), got shape "
-                f"{tuple(x.shape)} of {x.dtype}"
+                f"expected a floating-point batch (B, ...), got shape "
+                f"{tuple(x.shape)} of {x.dtype}",
+                where=(where,),
             )
 
     def _logdet(self, negative: Tensor, sign: float) -> Tensor:

@@ -90,11 +90,12 @@ class Split(InvertibleModule):
 
     def _check(self, x: object, where: str) -> None:
         if not isinstance(x, Tensor):
-            raise InputTypeError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
+            raise InputTypeError(f"expected a torch.Tensor, got {type(x).__name__}", where=(where,))
         if x.dim() < 2 or x.shape[1] <= self.split_size:
             raise InputError(
-                f"{where}: expected more than split_size={self.split_size} channels in "
-                f"dimension 1, got shape {tuple(x.shape)}"
+                f"expected more than split_size={self.split_size} channels in "
+                f"dimension 1, got shape {tuple(x.shape)}",
+                where=(where,),
             )
 
     def _parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -183,9 +184,10 @@ class ResizeCondition(InvertibleModule):
             return cond
         if cond.dim() != like.dim() or like.dim() - 2 not in _POOL:
             raise InputError(
-                f"ResizeCondition: a condition must be a vector (B, C) or a field with the "
+                f"a condition must be a vector (B, C) or a field with the "
                 f"input's rank {like.dim()}, got shape {tuple(cond.shape)} for an input of "
-                f"shape {tuple(like.shape)}"
+                f"shape {tuple(like.shape)}",
+                where=("ResizeCondition",),
             )
         if cond.shape[2:] == like.shape[2:]:
             return cond

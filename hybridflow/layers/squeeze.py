@@ -36,11 +36,11 @@ class Squeeze(InvertibleModule):
 
     def _check(self, x: Tensor, cond: Tensor | None, where: str) -> None:
         if not isinstance(x, Tensor):
-            raise InputTypeError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
+            raise InputTypeError(f"expected a torch.Tensor, got {type(x).__name__}", where=(where,))
         if x.dim() not in (3, 4, 5):
             raise InputError(
-                f"{where}: expected (B, C, L), (B, C, H, W) or (B, C, D, H, W), got shape "
-                f"{tuple(x.shape)}"
+                f"expected (B, C, L), (B, C, H, W) or (B, C, D, H, W), got shape {tuple(x.shape)}",
+                where=(where,),
             )
 
     def squeeze(self, x: Tensor) -> Tensor:
@@ -48,7 +48,7 @@ class Squeeze(InvertibleModule):
         b, c, *sizes = x.shape
         if any(s % f for s in sizes):
             raise InputError(
-                f"Squeeze: spatial sizes {tuple(sizes)} are not divisible by factor {f}"
+                f"spatial sizes {tuple(sizes)} are not divisible by factor {f}", where=("Squeeze",)
             )
         split = [b, c]
         for s in sizes:
@@ -63,7 +63,8 @@ class Squeeze(InvertibleModule):
         b, c, *sizes = y.shape
         if c % f**d:
             raise InputError(
-                f"Squeeze.inverse: {c} channels are not divisible by factor**{d} = {f**d}"
+                f"{c} channels are not divisible by factor**{d} = {f**d}",
+                where=("Squeeze.inverse",),
             )
         y = y.reshape(b, c // f**d, *([f] * d), *sizes)
         # (B, C, f, ..., S1, ...) -> (B, C, S1, f, S2, f, ...)

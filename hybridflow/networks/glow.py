@@ -183,18 +183,19 @@ class Glow(InvertibleModule):
         sizes = tuple(x.shape[2:])
         if any(s % 2**self.levels for s in sizes):
             raise InputError(
-                f"{where}: spatial sizes {sizes} must be divisible by 2**levels = {2**self.levels}"
+                f"spatial sizes {sizes} must be divisible by 2**levels = {2**self.levels}",
+                where=(where,),
             )
         if not self.cond_channels:
             return None  # an unconditional module ignores the condition a chain passes it
         if cond is None:
             raise InputError(
-                f"{where}: missing condition; the flow was built with "
-                f"cond_channels={self.cond_channels}"
+                f"missing condition; the flow was built with cond_channels={self.cond_channels}",
+                where=(where,),
             )
         if not isinstance(cond, Tensor):
             raise InputTypeError(
-                f"{where}: condition must be a torch.Tensor, got {type(cond).__name__}"
+                f"condition must be a torch.Tensor, got {type(cond).__name__}", where=(where,)
             )
         if (
             cond.dim() not in (2, x.dim())
@@ -202,14 +203,16 @@ class Glow(InvertibleModule):
             or cond.shape[1] != self.cond_channels
         ):
             raise InputError(
-                f"{where}: condition has shape {tuple(cond.shape)}, expected a vector "
+                f"condition has shape {tuple(cond.shape)}, expected a vector "
                 f"(B={x.shape[0]}, {self.cond_channels}) or a field (B={x.shape[0]}, "
-                f"{self.cond_channels}, {', '.join(['*'] * self.spatial_dims)}) of any size"
+                f"{self.cond_channels}, {', '.join(['*'] * self.spatial_dims)}) of any size",
+                where=(where,),
             )
         if cond.dtype != x.dtype or cond.device != x.device:
             raise InputTypeError(
-                f"{where}: condition is {cond.dtype} on {cond.device} but the input is "
-                f"{x.dtype} on {x.device}; move both to one dtype and device"
+                f"condition is {cond.dtype} on {cond.device} but the input is "
+                f"{x.dtype} on {x.device}; move both to one dtype and device",
+                where=(where,),
             )
         check_finite(cond, f"{where} (condition)")
         return cond
@@ -287,16 +290,18 @@ class Glow(InvertibleModule):
         """The latent whose :meth:`split_latent` is ``parts`` (the inverse rearrangement)."""
         if not isinstance(parts, (list, tuple)) or len(parts) != self.levels:
             raise InputError(
-                f"Glow.merge_latent: expected a list of {self.levels} parts (one per scale), "
-                f"got {type(parts).__name__} of length {len(parts)}"
+                f"expected a list of {self.levels} parts (one per scale), "
+                f"got {type(parts).__name__} of length {len(parts)}",
+                where=("Glow.merge_latent",),
             )
         squeeze = self._squeeze_layer()
         h = squeeze.unsqueeze(parts[-1])
         for part in reversed(parts[:-1]):
             if part.shape != h.shape:
                 raise InputError(
-                    f"Glow.merge_latent: a part of shape {tuple(part.shape)} does not fit the "
-                    f"next coarser scale, which gives {tuple(h.shape)}"
+                    f"a part of shape {tuple(part.shape)} does not fit the "
+                    f"next coarser scale, which gives {tuple(h.shape)}",
+                    where=("Glow.merge_latent",),
                 )
             h = squeeze.unsqueeze(torch.cat([h, part], dim=1))
         return h
