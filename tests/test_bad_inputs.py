@@ -571,3 +571,27 @@ def test_compiled_log_prob_with_validate_false_is_one_graph():
     expected = flow(x).log_prob(theta)  # initialises ActNorm
     compiled = torch.compile(lambda x, t: flow(x).log_prob(t), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(x, theta), expected)
+
+
+def test_torch_func_active_is_true_only_inside_transforms():
+    from hybridflow.autograd.validation import data_checks, torch_func_active
+
+    seen: list[tuple[bool, bool]] = []
+
+    def probe(x: Tensor) -> Tensor:
+        seen.append((torch_func_active(), data_checks(None)))
+        return (x * 2).sum()
+
+    assert not torch_func_active() and data_checks(None)
+    torch.func.vmap(probe)(torch.randn(3, 2))
+    torch.func.grad(probe)(torch.randn(2))
+    assert seen == [(True, False), (True, False)]
+    assert not torch_func_active()
+
+
+def test_invert_chain_under_vmap_runs_as_store_and_matches():
+    chain = _vector_chain()
+    x, c = torch.randn(8, 4), torch.randn(8, 2)
+    expected = chain(x, c)[0]
+    per_sample = torch.func.vmap(lambda a, b: chain(a[None], b[None])[0][0])(x, c)
+    torch.testing.assert_close(per_sample, expected)
