@@ -41,12 +41,12 @@ class GraphModule(nn.Module):
     declared); it returns a dict of the named outputs.
 
     **Entry checks.** Each call checks its inputs once, before any node runs: every input a
-    tensor with a non-empty batch dimension (metadata, always).
-    With validation on (``validate``, default ``None``: :class:`hybridflow.set_validation`)
-    the floating inputs must hold no NaN/Inf too; that check reads the data, so pass
-    ``validate=False`` for speed (it is skipped under ``torch.compile`` and ``torch.func``
-    anyway), which also switches off the checks of the chains it runs. The chains of
-    invertible segments check dtype and device against their parameters at their entry; a
+    tensor with a non-empty batch dimension (metadata, always). With validation on
+    (``validate``, default ``None``: :class:`hybridflow.set_validation`) the floating inputs
+    must hold no NaN/Inf too; that check reads the data, so pass ``validate=False`` for speed
+    (it is skipped under ``torch.compile`` and ``torch.func`` anyway). The nodes then run
+    without data checks of their own. The chains of invertible segments check dtype and
+    device (metadata) against their parameters at their entry; a
     node whose module refuses its input, or fails in torch (a matmul of the wrong shape),
     raises :class:`~hybridflow.errors.InputError` naming the node
     (``error.where[0] == "Graph node 'proj' (autograd)"``), with torch's error as its cause.
@@ -265,7 +265,7 @@ class GraphModule(nn.Module):
         if self.current_plan is None:
             raise RuntimeError("Graph: the graph has no plan yet; call plan()")
         values = self._bind(args, kwargs)
-        with validation_scope(False if self.validate is False else None):
+        with validation_scope(False):  # checked once, at the graph's entry
             for runner, release in zip(self._runners, self._release, strict=True):
                 runner(values)
                 for key in release:
