@@ -106,7 +106,7 @@ def torch_func_active() -> bool:
     is the very predicate ``torch.autograd.Function.apply`` uses to choose its functorch path
     (and to refuse a Function without ``setup_context``), so asking it is exact, where parsing
     torch's error text would break when torch rewords it. Tested by ``tests/test_torch_func.py``
-    and ``tests/test_bad_inputs.py``.
+    and ``tests/test_validate_switch.py``.
     """
     return bool(torch._C._are_functorch_transforms_active())
 
