@@ -4,7 +4,7 @@ import importlib
 from typing import Any
 
 from hybridflow import distributions, errors, graph, layers, networks, operators, summary, testing
-from hybridflow.autograd import Chain, InvertibleModule, Mode, Reconstruction
+from hybridflow.autograd import Chain, InvertibleModule, Mode, Reconstruction, set_validation
 from hybridflow.distributions import ConditionalFlow, Flow
 from hybridflow.errors import (
     ArgumentError,
@@ -56,6 +56,7 @@ __all__ = [
     "operators",
     "save",
     "sbi",
+    "set_validation",
     "summary",
     "testing",
 ]

@@ -367,7 +367,7 @@ def _cond_channels():
 
 def _summary_shape():
     graph = Graph().input("o").autograd("summary", nn.Linear(5, 2), "o").output("summary")
-    return graph, {"o": torch.randn(2, 3)}, ValueError, r"node 'summary' \(autograd\) failed"
+    return graph, {"o": torch.randn(2, 3)}, ValueError, r"node 'summary' \(autograd\): failed"
 
 
 def _dtype():

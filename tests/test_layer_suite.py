@@ -431,9 +431,9 @@ def test_spline_identity_at_initialisation_and_bad_options():
     torch.testing.assert_close(logdet, torch.zeros(5), rtol=0, atol=1e-5)
     for kwargs, message in (
         ({"bins": 1}, "bins must be an int >= 2"),
-        ({"bound": -1.0}, "bound must be a positive"),
-        ({"min_bin_width": 0.5}, "min_bin_width must be in"),
-        ({"min_derivative": 0.0}, "min_derivative must be in"),
+        ({"bound": -1.0}, "bound must be a finite number > 0"),
+        ({"min_bin_width": 0.5}, "min_bin_width must be a finite number >= 0 and < 0.125"),
+        ({"min_derivative": 0.0}, "min_derivative must be a finite number > 0 and < 1"),
     ):
         with pytest.raises(ValueError, match=f"SplineCoupling: {message}"):
             SplineCoupling(4, **kwargs)
@@ -565,16 +565,16 @@ def test_inverse_of_inverse_is_the_module(float64):
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: Permute(0), "Permute: num_features must be a positive int, got 0"),
-        (lambda: Reverse(-2), "Reverse: num_features must be a positive int, got -2"),
-        (lambda: Affine(0), "Affine: num_features must be a positive int, got 0"),
-        (lambda: LeakyReLU(0.0), "LeakyReLU: negative_slope must be a positive finite"),
+        (lambda: Permute(0), "Permute: num_features must be an int >= 1, got 0"),
+        (lambda: Reverse(-2), "Reverse: num_features must be an int >= 1, got -2"),
+        (lambda: Affine(0), "Affine: num_features must be an int >= 1, got 0"),
+        (lambda: LeakyReLU(0.0), "LeakyReLU: negative_slope must be a finite number > 0"),
         (lambda: LeakyReLU(-0.1), r"LeakyReLU: .*got -0.1"),
         (lambda: HINTCoupling(4, depth=0), "HINTCoupling: depth must be an int >= 1, got 0"),
-        (lambda: HINTCoupling(1), "HINTCoupling: num_features must be at least 2, got 1"),
+        (lambda: HINTCoupling(1), "HINTCoupling: num_features must be an int >= 2, got 1"),
         (lambda: HINTCoupling(4, spatial_dims=4), "HINTCoupling: spatial_dims must be"),
-        (lambda: AdditiveCoupling(1), "AdditiveCoupling: num_features must be at least 2"),
-        (lambda: Split(ActNorm(2), split_size=0), "Split: split_size must be a positive int"),
+        (lambda: AdditiveCoupling(1), "AdditiveCoupling: num_features must be an int >= 2"),
+        (lambda: Split(ActNorm(2), split_size=0), "Split: split_size must be an int >= 1"),
     ],
 )
 def test_bad_construction_names_the_layer(build, message):

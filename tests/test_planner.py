@@ -236,7 +236,7 @@ def test_pins_are_kept_and_checked(float32_graph):
         model.plan(pin={"pre": "reconstruct"})
     with pytest.raises(ValueError, match="apply to 'invert' only"):
         Strategy("store", anchor_every=2)
-    with pytest.raises(ValueError, match="micro_batches must be a positive int"):
+    with pytest.raises(ValueError, match="micro_batches must be an int >= 1"):
         Strategy("invert", micro_batches=0)
 
 

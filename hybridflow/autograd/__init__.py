@@ -3,6 +3,7 @@
 from hybridflow.autograd.chain import Chain, Mode
 from hybridflow.autograd.function import ReconstructingFunction
 from hybridflow.autograd.module import InvertibleModule, Reconstruction, vjp_wrt
+from hybridflow.autograd.validation import set_validation, validation_enabled
 
 __all__ = [
     "Chain",
@@ -10,5 +11,7 @@ __all__ = [
     "Mode",
     "ReconstructingFunction",
     "Reconstruction",
+    "set_validation",
+    "validation_enabled",
     "vjp_wrt",
 ]

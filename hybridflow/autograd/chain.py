@@ -10,8 +10,14 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from hybridflow.arguments import boolean, integer, one_of
 from hybridflow.autograd.aliases import parameter_aliases
-from hybridflow.autograd.checks import check_finite, inside_chain, is_inside_chain
+from hybridflow.autograd.checks import (
+    check_entry,
+    inside_chain,
+    is_inside_chain,
+    layer_place,
+)
 from hybridflow.autograd.drift import DriftGuard, DriftPolicy, DriftReport, PassRecord, at_layer
 from hybridflow.autograd.function import ReconstructingFunction
 from hybridflow.autograd.microbatch import check_acts_per_sample, reconstruct_in_slices
@@ -22,7 +28,8 @@ from hybridflow.autograd.running_stats import (
     check_no_hidden_state,
     frozen_running_stats,
 )
-from hybridflow.errors import ArgumentTypeError
+from hybridflow.autograd.validation import data_checks, torch_func_active
+from hybridflow.errors import ArgumentTypeError, InputError, InputTypeError
 
 __all__ = ["DEFAULT_DRIFT_EVERY", "Chain", "Mode"]
 
@@ -72,9 +79,16 @@ class Chain(InvertibleModule):
             every call; ``0``: none, NaN/Inf are still caught). A checked call keeps
             ``9`` numbers per sample and layer (the whole sample when it has at most 8) and
             costs a projection of each activation in both passes.
-
         name: the chain's name in messages (errors, drift warnings); default
             ``"Chain of N layers"``.
+
+        validate: run the data-dependent entry checks (NaN/Inf in the input and condition):
+            ``None`` follows :class:`hybridflow.set_validation` (on by default); pass
+            ``False`` for speed, e.g. under ``torch.compile`` or ``torch.func`` transforms
+            (where they are skipped anyway). Metadata checks (type, empty batch, dtype and
+            device against the parameters, a missing condition) always run, once, at the
+            chain's entry, and name the layer: ``Chain layer 0 (ActNorm): input is
+            torch.float64 but the parameters are torch.float32; ...``.
 
     Raises:
         hybridflow.errors.ModifiedError: in backward, when a parameter or buffer of the
@@ -101,21 +115,25 @@ class Chain(InvertibleModule):
         drift_tolerance: float | None = None,
         drift_every: int = DEFAULT_DRIFT_EVERY,
         name: str | None = None,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         for i, module in enumerate(modules):
             if not isinstance(module, InvertibleModule):
-                raise TypeError(
-                    f"Chain: item {i} is a {type(module).__name__}, not an InvertibleModule; "
+                raise ArgumentTypeError(
+                    f"modules: item {i} is a {type(module).__name__}, not an InvertibleModule; "
                     "non-invertible modules belong outside the chain (or in a coupling's "
-                    "conditioner)"
+                    "conditioner)",
+                    argument="modules",
+                    where=("Chain",),
                 )
-        if mode not in get_args(Mode):
-            raise ValueError(f"Chain: mode must be one of {get_args(Mode)}, got {mode!r}")
-        if anchor_every is not None and (not isinstance(anchor_every, int) or anchor_every < 1):
-            raise ValueError(f"Chain: anchor_every must be a positive int, got {anchor_every!r}")
-        if not isinstance(micro_batches, int) or micro_batches < 1:
-            raise ValueError(f"Chain: micro_batches must be a positive int, got {micro_batches!r}")
+        one_of(mode, "mode", "Chain", get_args(Mode))
+        integer(anchor_every, "anchor_every", "Chain", minimum=1, optional=True)
+        integer(micro_batches, "micro_batches", "Chain", minimum=1)
+        boolean(preserve_rng_state, "preserve_rng_state", "Chain")
+        if validate is not None:
+            boolean(validate, "validate", "Chain")
+        self.validate = validate
         self.layers = nn.ModuleList(modules)
         self.mode: Mode = mode
         self.anchor_every = anchor_every
@@ -123,7 +141,7 @@ class Chain(InvertibleModule):
         self.preserve_rng_state = preserve_rng_state
         if name is not None and not isinstance(name, str):
             raise ArgumentTypeError(
-                f"Chain: name must be a string or None, got {name!r}", argument="name"
+                f"name must be a string or None, got {name!r}", argument="name", where=("Chain",)
             )
         self.name = name
         self._drift_guard = DriftGuard(on_drift, drift_tolerance, drift_every, "Chain")
@@ -144,6 +162,7 @@ class Chain(InvertibleModule):
             "drift_tolerance": self._drift_guard.tolerance,
             "drift_every": self._drift_guard.every,
             "name": self.name,
+            **({} if self.validate is None else {"validate": self.validate}),
         }
 
     def __len__(self) -> int:
@@ -188,7 +207,6 @@ class Chain(InvertibleModule):
             return self._pass(x, cond, inverse=False)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_finite(y, "Chain.inverse")
         return self._pass(y, cond, inverse=True)
 
     @property
@@ -196,13 +214,15 @@ class Chain(InvertibleModule):
         return any(layer.takes_condition for layer in self)
 
     def _pass(self, h: Tensor, cond: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
-        if not isinstance(h, Tensor):
-            raise TypeError(f"Chain: expected a torch.Tensor input, got {type(h).__name__}")
-        if cond is not None and not self.takes_condition and not is_inside_chain():
-            raise ValueError(
-                "Chain: got a condition but none of its layers takes one (build couplings "
-                "with cond_features > 0)"
-            )
+        if not is_inside_chain():  # the outermost chain checks its entry, once
+            steps = self._steps(inverse)
+            check_entry(h, cond, steps, finite=data_checks(self.validate), inverse=inverse)
+            if cond is not None and not self.takes_condition:
+                raise InputError(
+                    "got a condition but none of its layers takes one (build couplings "
+                    "with cond_features > 0)",
+                    where=("Chain",),
+                )
         params = tuple(self.parameters())
         differentiable = torch.is_grad_enabled() and (
             h.requires_grad
@@ -215,17 +235,15 @@ class Chain(InvertibleModule):
         # draws exactly as nn.Sequential does.
         seeded = self._seeds_layers()
         if self.mode == "invert" and differentiable and len(self.layers) > 0:
-            if self.micro_batches > 1:
-                check_acts_per_sample(self, "Chain")
-            try:
-                return ReconstructingFunction.apply(self, inverse, h, cond, *params)
-            except RuntimeError as error:
-                # torch.func transforms (vmap, grad, jacrev, jacfwd) refuse this Function
-                # before running anything; the chain then runs as plain autograd (store mode),
-                # without seeding (random draws under vmap must come from the transform).
-                if "functorch" not in str(error):
-                    raise
+            if torch_func_active():
+                # torch.func transforms (vmap, grad, jacrev, jacfwd) refuse a Function without
+                # setup_context; the chain then runs as plain autograd (store mode), without
+                # seeding (random draws under vmap must come from the transform).
                 seeded = is_replaying()
+            else:
+                if self.micro_batches > 1:
+                    check_acts_per_sample(self, "Chain")
+                return ReconstructingFunction.apply(self, inverse, h, cond, *params)
         replay = ReplayState.capture(h.device, seeded)
         return self._run_layers(h, cond, inverse=inverse, replay=replay)
 
@@ -351,13 +369,18 @@ def _watches_state(record: PassRecord | None, layer: InvertibleModule) -> list |
 
 @contextmanager
 def _named_errors(chain: Chain, index: int, layer: nn.Module) -> Iterator[None]:
-    """Prefix input errors raised by a layer with its position in the chain."""
+    """Locate input errors raised by a layer at its position in the chain (``error.where``);
+    a plain ``ValueError``/``TypeError`` of a user's layer becomes an input error there."""
     try:
         yield
+    except (InputError, InputTypeError) as error:
+        error.located(layer_place(index, layer))
+        raise
     except (ValueError, TypeError) as error:
         if type(error) not in (ValueError, TypeError):
             raise
-        raise type(error)(f"Chain layer {index} ({type(layer).__name__}): {error}") from error
+        kind = InputTypeError if type(error) is TypeError else InputError
+        raise kind(str(error), where=(layer_place(index, layer),)) from error
 
 
 @contextmanager

@@ -1,14 +1,35 @@
-"""Input validation shared by every layer: shapes, conditions and finiteness."""
+"""Input validation shared by every layer, chain, graph and flow: types, shapes, dtype,
+device, conditions and finiteness.
+
+Metadata checks (everything but finiteness) always run; the NaN/Inf check reads the data and
+runs only when validation is on (:mod:`hybridflow.autograd.validation`). Every check raises
+:class:`~hybridflow.errors.InputError` (a ``ValueError``) or
+:class:`~hybridflow.errors.InputTypeError` (a ``TypeError``) located at ``where``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["check_condition", "check_finite", "check_input", "inside_chain", "is_inside_chain"]
+from hybridflow.autograd.validation import data_checks
+from hybridflow.errors import InputError, InputTypeError
+
+__all__ = [
+    "check_batch",
+    "check_condition",
+    "check_entry",
+    "check_finite",
+    "check_input",
+    "check_like",
+    "first_parameter",
+    "inside_chain",
+    "is_inside_chain",
+    "layer_place",
+]
 
 
 class _ChainDepth:
@@ -43,19 +64,87 @@ def is_inside_chain() -> bool:
     return _DEPTH.value > 0
 
 
-def check_finite(tensor: Tensor, where: str) -> None:
-    """Raise ``ValueError`` naming ``where`` if ``tensor`` has NaN or Inf entries."""
-    if is_inside_chain() or torch.isfinite(tensor).all():
+def check_finite(
+    tensor: Tensor,
+    where: str,
+    *,
+    validate: bool | None = None,
+    what: str = "input",
+    fix: str = "an inverse cannot reconstruct from non-finite values",
+) -> None:
+    """Raise :class:`InputError` naming ``where`` if ``tensor`` has NaN or Inf entries.
+
+    Skipped inside a chain (its entry checked) and when validation is off for ``validate``
+    (see :func:`~hybridflow.autograd.validation.data_checks`): the check reads every entry.
+    """
+    if not is_inside_chain() and data_checks(validate):
+        _refuse_non_finite(tensor, where, what, fix)
+
+
+def _refuse_non_finite(tensor: Tensor, where: str, what: str, fix: str) -> None:
+    # detached: isfinite of a tensor requiring grad records (and saves it for) a graph
+    finite = torch.isfinite(tensor.detach())
+    if finite.all():
         return
-    bad = int((~torch.isfinite(tensor)).sum())
-    raise ValueError(
-        f"{where}: input has {bad} NaN/Inf value(s) out of {tensor.numel()}; an inverse "
-        "cannot reconstruct from non-finite values"
+    bad = int((~finite).sum())
+    raise InputError(
+        f"{what} has {bad} NaN/Inf value(s) out of {tensor.numel()}; {fix}", where=(where,)
     )
 
 
-def check_input(tensor: object, where: str, channels: int, spatial_dims: int | None) -> None:
-    """Check a layer input: a tensor of shape ``(B, channels, *spatial)``.
+def first_parameter(module: nn.Module) -> Tensor | None:
+    """The first floating-point parameter (else buffer) of ``module``: its dtype and device
+    are what the module computes in. ``None`` for modules holding neither."""
+    for tensor in module.parameters():
+        if tensor.is_floating_point():
+            return tensor
+    for tensor in module.buffers():
+        if tensor.is_floating_point():
+            return tensor
+    return None
+
+
+def check_like(tensor: Tensor, reference: Tensor, where: str, what: str = "input") -> None:
+    """Refuse a floating ``tensor`` whose dtype or device differs from the parameter
+    ``reference``'s (nothing would promote or move it silently afterwards)."""
+    if tensor.dtype != reference.dtype:
+        raise InputTypeError(
+            f"{what} is {tensor.dtype} but the parameters are {reference.dtype}; convert the "
+            f"data (.to({reference.dtype})) or the module (.to({tensor.dtype}))",
+            where=(where,),
+        )
+    if tensor.device != reference.device:
+        raise InputTypeError(
+            f"{what} is on device {tensor.device} but the parameters are on "
+            f"{reference.device}; move the data or the module (.to(device)) to one device",
+            where=(where,),
+        )
+
+
+def check_batch(tensor: object, where: str, what: str = "input") -> Tensor:
+    """A tensor with a non-empty batch dimension first; return it."""
+    if not isinstance(tensor, Tensor):
+        raise InputTypeError(
+            f"expected a torch.Tensor {what}, got {type(tensor).__name__}", where=(where,)
+        )
+    if tensor.dim() == 0:
+        raise InputError(f"{what} must have a batch dimension first, got a scalar", where=(where,))
+    if tensor.shape[0] == 0:
+        raise InputError(
+            f"empty batch: {what} has shape {tuple(tensor.shape)}; give at least one sample",
+            where=(where,),
+        )
+    return tensor
+
+
+def check_input(
+    tensor: object,
+    where: str,
+    channels: int,
+    spatial_dims: int | None,
+    module: nn.Module | None = None,
+) -> None:
+    """Check a layer input: a floating tensor of shape ``(B, channels, *spatial)``, ``B > 0``.
 
     Args:
         tensor: what the caller passed.
@@ -63,27 +152,44 @@ def check_input(tensor: object, where: str, channels: int, spatial_dims: int | N
         channels: expected size of dimension 1.
         spatial_dims: expected number of spatial dimensions (0 for vectors ``(B, D)``), or
             ``None`` to accept any.
+        module: the layer; when given (and the layer runs outside a chain, whose entry
+            checked this already), the input's dtype and device must be its parameters'.
     """
     if not isinstance(tensor, Tensor):
-        raise TypeError(f"{where}: expected a torch.Tensor, got {type(tensor).__name__}")
+        raise InputTypeError(
+            f"expected a torch.Tensor, got {type(tensor).__name__}", where=(where,)
+        )
     if tensor.dim() < 2:
-        raise ValueError(
-            f"{where}: expected a batch of shape (B, {channels}, ...), got shape "
-            f"{tuple(tensor.shape)}"
+        raise InputError(
+            f"expected a batch of shape (B, {channels}, ...), got shape {tuple(tensor.shape)}",
+            where=(where,),
         )
     if spatial_dims is not None and tensor.dim() != 2 + spatial_dims:
         layout = {0: "(B, C)", 1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, D, H, W)"}
-        raise ValueError(
-            f"{where}: expected rank {2 + spatial_dims} input {layout.get(spatial_dims, '')}, "
-            f"got shape {tuple(tensor.shape)}"
+        raise InputError(
+            f"expected rank {2 + spatial_dims} input {layout.get(spatial_dims, '')}, "
+            f"got shape {tuple(tensor.shape)}",
+            where=(where,),
         )
     if tensor.shape[1] != channels:
-        raise ValueError(
-            f"{where}: expected {channels} channels/features in dimension 1, got shape "
-            f"{tuple(tensor.shape)}"
+        raise InputError(
+            f"expected {channels} channels/features in dimension 1, got shape "
+            f"{tuple(tensor.shape)}",
+            where=(where,),
         )
     if not tensor.is_floating_point():
-        raise TypeError(f"{where}: expected a floating-point tensor, got {tensor.dtype}")
+        raise InputTypeError(
+            f"expected a floating-point tensor, got {tensor.dtype}", where=(where,)
+        )
+    if tensor.shape[0] == 0:
+        raise InputError(
+            f"empty batch: input has shape {tuple(tensor.shape)}; give at least one sample",
+            where=(where,),
+        )
+    if module is not None and not is_inside_chain():
+        reference = first_parameter(module)
+        if reference is not None:
+            check_like(tensor, reference, where)
 
 
 def check_condition(cond: object, x: Tensor, where: str, cond_features: int) -> None:
@@ -96,15 +202,19 @@ def check_condition(cond: object, x: Tensor, where: str, cond_features: int) -> 
     if cond_features == 0:
         return  # an unconditional layer ignores the condition its chain passes to every layer
     if cond is None:
-        raise ValueError(
-            f"{where}: missing condition; the layer was built with cond_features={cond_features}"
+        raise InputError(
+            f"missing condition; the layer was built with cond_features={cond_features}",
+            where=(where,),
         )
     if not isinstance(cond, Tensor):
-        raise TypeError(f"{where}: condition must be a torch.Tensor, got {type(cond).__name__}")
+        raise InputTypeError(
+            f"condition must be a torch.Tensor, got {type(cond).__name__}", where=(where,)
+        )
     if cond.dtype != x.dtype or cond.device != x.device:
-        raise TypeError(
-            f"{where}: condition is {cond.dtype} on {cond.device} but the input is {x.dtype} "
-            f"on {x.device}; move both to one dtype and device"
+        raise InputTypeError(
+            f"condition is {cond.dtype} on {cond.device} but the input is {x.dtype} "
+            f"on {x.device}; move both to one dtype and device",
+            where=(where,),
         )
     spatial = tuple(x.shape[2:])
     ok_vector = cond.dim() == 2
@@ -118,4 +228,71 @@ def check_condition(cond: object, x: Tensor, where: str, cond_features: int) -> 
         expected = f"(B={x.shape[0]}, {cond_features})"
         if spatial:
             expected += f" or (B={x.shape[0]}, {cond_features}, {', '.join(map(str, spatial))})"
-        raise ValueError(f"{where}: condition has shape {tuple(cond.shape)}, expected {expected}")
+        raise InputError(
+            f"condition has shape {tuple(cond.shape)}, expected {expected}", where=(where,)
+        )
+
+
+def layer_place(index: int, layer: nn.Module) -> str:
+    """How errors name a chain's layer: ``"Chain layer 3 (AffineCoupling)"`` (an entry of
+    :attr:`HybridflowError.where <hybridflow.errors.HybridflowError.where>`)."""
+    return f"Chain layer {index} ({type(layer).__name__})"
+
+
+def check_entry(
+    x: object,
+    cond: object,
+    steps: Sequence[tuple[int, nn.Module]],
+    *,
+    finite: bool,
+    inverse: bool = False,
+) -> None:
+    """Check what enters a chain, once, before any layer runs (so before ActNorm initialises
+    on it, and before any layer promotes its dtype).
+
+    Metadata: ``x`` a floating tensor with a non-empty batch; its dtype and device those of
+    the first layer (in pass order) holding floating parameters, which the error names; a
+    condition, if given, a tensor of that dtype and device; none missing when a layer takes
+    one. With ``finite`` also the data: no NaN/Inf in ``x`` or the condition.
+
+    Args:
+        x: the chain's input.
+        cond: its condition, or ``None``.
+        steps: ``(index, layer)`` in the order the pass applies them.
+        finite: run the NaN/Inf checks (a full pass over the data, a device sync on GPU).
+        inverse: whether this is the inverse pass (for the messages).
+    """
+    first = layer_place(*steps[0]) if steps else "Chain"
+    what = "inverse input" if inverse else "input"
+    x = check_batch(x, first, what)
+    if not x.is_floating_point():
+        raise InputTypeError(f"expected a floating-point tensor, got {x.dtype}", where=(first,))
+    reference, owner = None, first
+    for index, layer in steps:
+        reference = first_parameter(layer)
+        if reference is not None:
+            owner = layer_place(index, layer)
+            check_like(x, reference, owner, what)
+            break
+    if cond is None:
+        for index, layer in steps:
+            if getattr(layer, "takes_condition", False):
+                raise InputError(
+                    "missing condition; the layer takes one: call chain(x, cond)",
+                    where=(layer_place(index, layer),),
+                )
+    else:
+        if not isinstance(cond, Tensor):
+            raise InputTypeError(
+                f"condition must be a torch.Tensor, got {type(cond).__name__}", where=(first,)
+            )
+        check_like(cond, x if reference is None else reference, owner, "condition")
+    if finite:
+        fix = (
+            "an inverse cannot reconstruct from non-finite values"
+            if inverse
+            else "every output and gradient would be NaN; repair or drop such samples"
+        )
+        _refuse_non_finite(x, first, what, fix)
+        if isinstance(cond, Tensor):
+            _refuse_non_finite(cond, first, "condition", fix)

@@ -41,7 +41,8 @@ from torch import Tensor
 
 from hybridflow.autograd.fingerprint import fingerprint as fingerprint_of
 from hybridflow.autograd.fingerprint import relative_error
-from hybridflow.errors import ArgumentError, ArgumentTypeError, DriftWarning, ReconstructionError
+from hybridflow.arguments import integer, number, one_of
+from hybridflow.errors import DriftWarning, ReconstructionError
 
 __all__ = [
     "DriftGuard",
@@ -314,30 +315,9 @@ class DriftGuard:
     def __init__(
         self, on_drift: DriftPolicy, tolerance: float | None, every: int, owner: str
     ) -> None:
-        if on_drift not in get_args(DriftPolicy):
-            raise ArgumentError(
-                f"on_drift must be one of {get_args(DriftPolicy)}, got {on_drift!r}",
-                argument="on_drift",
-                where=(owner,),
-            )
-        if tolerance is not None and (
-            isinstance(tolerance, bool)
-            or not isinstance(tolerance, int | float)
-            or not tolerance > 0
-        ):
-            raise ArgumentError(
-                f"drift_tolerance must be a positive number or None, got {tolerance!r}",
-                argument="drift_tolerance",
-                where=(owner,),
-            )
-        if isinstance(every, bool) or not isinstance(every, int):
-            raise ArgumentTypeError(
-                f"drift_every must be an int, got {every!r}", argument="drift_every", where=(owner,)
-            )
-        if every < 0:
-            raise ArgumentError(
-                f"drift_every must be >= 0, got {every}", argument="drift_every", where=(owner,)
-            )
+        one_of(on_drift, "on_drift", owner, get_args(DriftPolicy))
+        number(tolerance, "drift_tolerance", owner, minimum=0, open_low=True, optional=True)
+        integer(every, "drift_every", owner, minimum=0)
         self.on_drift: DriftPolicy = on_drift
         self.tolerance = tolerance
         self.every = every

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
+from hybridflow.arguments import integer, number, one_of, positive_int
 from hybridflow.autograd.chain import Chain, Mode
 from hybridflow.autograd.module import InvertibleModule
 from hybridflow.layers.actnorm import ActNorm
@@ -66,15 +67,17 @@ def coupling_flow(
     References:
         Kingma & Dhariwal, "Glow", 2018; Durkan et al., "Neural Spline Flows", 2019.
     """
-    for name, value, minimum in (("features", features, 2), ("depth", depth, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"coupling_flow: {name} must be an int >= {minimum}, got {value!r}")
-    if not isinstance(cond_features, int) or cond_features < 0:
-        raise ValueError(f"coupling_flow: cond_features must be an int >= 0, got {cond_features!r}")
-    if coupling not in get_args(CouplingKind):
-        raise ValueError(
-            f"coupling_flow: coupling must be one of {get_args(CouplingKind)}, got {coupling!r}"
-        )
+    where = "coupling_flow"
+    integer(features, "features", where, minimum=2)
+    integer(cond_features, "cond_features", where, minimum=0)
+    positive_int(depth, "depth", where)
+    positive_int(hidden, "hidden", where)
+    one_of(coupling, "coupling", where, get_args(CouplingKind))
+    if coupling == "spline":
+        integer(bins, "bins", where, minimum=2)
+        number(bound, "bound", where, minimum=0, open_low=True)
+    one_of(mode, "mode", where, get_args(Mode))
+    integer(seed, "seed", where, minimum=0, optional=True)
     layers: list[InvertibleModule] = []
     for step in range(depth):
         if coupling == "affine":

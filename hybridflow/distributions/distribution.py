@@ -8,7 +8,10 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
+from hybridflow.autograd.checks import check_finite
 from hybridflow.autograd.module import InvertibleModule
+from hybridflow.autograd.validation import validation_scope
+from hybridflow.errors import InputError, InputTypeError
 
 __all__ = ["FlowDistribution"]
 
@@ -48,6 +51,9 @@ class FlowDistribution(Distribution):
         cond: the condition ``(B, ...)`` passed to every call of the transform, or ``None``.
         batched: ``False`` for one condition ``(1, ...)`` whose distribution has
             ``batch_shape == ()`` (one unbatched observation).
+        validate: data-dependent checks (NaN/Inf in the values given to :meth:`log_prob`),
+            done here once: the transform runs without its own. ``None`` follows
+            :class:`hybridflow.set_validation`.
     """
 
     arg_constraints: dict[str, constraints.Constraint] = {}  # noqa: RUF012 (torch's API)
@@ -60,12 +66,14 @@ class FlowDistribution(Distribution):
         cond: Tensor | None,
         *,
         batched: bool = True,
+        validate: bool | None = None,
     ) -> None:
         if cond is not None and not batched and cond.shape[0] != 1:
-            raise ValueError(
-                f"FlowDistribution: an unbatched condition must have batch size 1, got shape "
-                f"{tuple(cond.shape)}"
+            raise InputError(
+                f"an unbatched condition must have batch size 1, got shape {tuple(cond.shape)}",
+                where=("FlowDistribution",),
             )
+        self.validate = validate
         self.transform = transform
         self.base = base
         self.cond = cond
@@ -94,23 +102,37 @@ class FlowDistribution(Distribution):
 
     def _leading_shape(self, value: Tensor) -> torch.Size:
         """Broadcast the leading (non-event) shape of ``value`` against ``batch_shape``."""
+        where = ("FlowDistribution.log_prob",)
         if not isinstance(value, Tensor):
-            raise TypeError(f"FlowDistribution: expected a tensor, got {type(value).__name__}")
+            raise InputTypeError(f"expected a tensor, got {type(value).__name__}", where=where)
         event_dims = len(self.event_shape)
         if value.dim() < event_dims or value.shape[value.dim() - event_dims :] != self.event_shape:
-            raise ValueError(
-                f"FlowDistribution: value of shape {tuple(value.shape)} does not end with the "
-                f"event shape {tuple(self.event_shape)}"
+            raise InputError(
+                f"value of shape {tuple(value.shape)} does not end with the event shape "
+                f"{tuple(self.event_shape)}",
+                where=where,
             )
         lead = value.shape[: value.dim() - event_dims]
         try:
-            return torch.broadcast_shapes(lead, self.batch_shape)
+            shape = torch.broadcast_shapes(lead, self.batch_shape)
         except RuntimeError as error:
-            raise ValueError(
-                f"FlowDistribution: value of shape {tuple(value.shape)} has leading shape "
-                f"{tuple(lead)}, which does not broadcast against batch_shape "
-                f"{tuple(self.batch_shape)}"
+            raise InputError(
+                f"value of shape {tuple(value.shape)} has leading shape {tuple(lead)}, which "
+                f"does not broadcast against batch_shape {tuple(self.batch_shape)}",
+                where=where,
             ) from error
+        check_finite(
+            value, where[0], validate=self.validate, what="value", fix="its density is undefined"
+        )
+        return shape
+
+    def _transform(self, *args: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+        """Run the transform (its inverse) without data checks: what enters it was checked
+        here (values), by the flow (the condition) or drawn from the base (latents)."""
+        with validation_scope(False):
+            if inverse:
+                return self.transform.inverse(*args)
+            return self.transform(*args)
 
     @staticmethod
     def _as_size(sample_shape: Sequence[int] | int) -> torch.Size:
@@ -127,7 +149,7 @@ class FlowDistribution(Distribution):
         """
         shape = self._leading_shape(value)
         flat = value.expand(*shape, *self.event_shape).reshape(-1, *self.event_shape)
-        z, logdet = self.transform(flat, self._condition(shape))
+        z, logdet = self._transform(flat, self._condition(shape), inverse=False)
         return (self.base.log_prob(z) + logdet).reshape(shape)
 
     def rsample_and_log_prob(self, sample_shape: Sequence[int] | int = ()) -> tuple[Tensor, Tensor]:
@@ -139,7 +161,7 @@ class FlowDistribution(Distribution):
         """
         shape = self._as_size(sample_shape) + self.batch_shape
         z = self.base.rsample(shape).reshape(-1, *self.event_shape)
-        theta, logdet_inverse = self.transform.inverse(z, self._condition(shape))
+        theta, logdet_inverse = self._transform(z, self._condition(shape), inverse=True)
         log_prob = self.base.log_prob(z) - logdet_inverse
         return theta.reshape(*shape, *self.event_shape), log_prob.reshape(shape)
 
@@ -147,7 +169,7 @@ class FlowDistribution(Distribution):
         """Reparametrised samples ``(*sample_shape, *batch_shape, *event_shape)``."""
         shape = self._as_size(sample_shape) + self.batch_shape
         z = self.base.rsample(shape).reshape(-1, *self.event_shape)
-        theta, _ = self.transform.inverse(z, self._condition(shape))
+        theta, _ = self._transform(z, self._condition(shape), inverse=True)
         return theta.reshape(*shape, *self.event_shape)
 
     def sample(self, sample_shape: Sequence[int] | int = ()) -> Tensor:

@@ -9,21 +9,31 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from hybridflow.arguments import boolean, integer
+from hybridflow.autograd.checks import check_finite
 from hybridflow.autograd.module import InvertibleModule
+from hybridflow.autograd.validation import validation_scope
 from hybridflow.config import Configurable
 from hybridflow.distributions.base import as_base
 from hybridflow.distributions.distribution import FlowDistribution
+from hybridflow.errors import ArgumentError, ArgumentTypeError, InputError, InputTypeError
 
 __all__ = ["ConditionalFlow", "Flow"]
 
 
 def _check_transform(transform: object, where: str) -> InvertibleModule:
     if not isinstance(transform, InvertibleModule):
-        raise TypeError(
-            f"{where}: transform must be an InvertibleModule (a Chain, Glow, a layer), got "
-            f"{type(transform).__name__}"
+        raise ArgumentTypeError(
+            f"transform must be an InvertibleModule (a Chain, Glow, a layer), got "
+            f"{type(transform).__name__}",
+            argument="transform",
+            where=(where,),
         )
     return transform
+
+
+def _check_validate(validate: object, where: str) -> bool | None:
+    return None if validate is None else boolean(validate, "validate", where)
 
 
 class Flow(nn.Module, Configurable):
@@ -39,6 +49,11 @@ class Flow(nn.Module, Configurable):
         base: a module returning the latent distribution (``batch_shape == ()``), a
             distribution, or ``None`` for :class:`~hybridflow.distributions.StandardNormal`.
         event_shape: shape of one event; required when ``base`` is ``None``.
+        validate: run the data-dependent checks (NaN/Inf in the values given to
+            ``log_prob``), once per call, with the transform's own off. ``None`` follows
+            :class:`hybridflow.set_validation` (on by default); pass ``False`` for speed
+            (under ``torch.compile`` and ``torch.func`` they are skipped anyway). Type, shape,
+            dtype and device are always checked.
 
     Example:
         >>> import torch
@@ -57,19 +72,22 @@ class Flow(nn.Module, Configurable):
         base: nn.Module | Distribution | None = None,
         *,
         event_shape: Sequence[int] | None = None,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         self.transform = _check_transform(transform, "Flow")
         if transform.takes_condition:
-            raise ValueError(
-                "Flow: the transform takes a condition; use ConditionalFlow for a conditional "
-                "density"
+            raise ArgumentError(
+                "the transform takes a condition; use ConditionalFlow for a conditional density",
+                argument="transform",
+                where=("Flow",),
             )
         self.base, self.event_shape = as_base(base, event_shape, "Flow")
+        self.validate = _check_validate(validate, "Flow")
 
     def forward(self) -> FlowDistribution:
         """The flow's distribution: ``batch_shape == ()``, the base's event shape."""
-        return FlowDistribution(self.transform, self.base(), None)
+        return FlowDistribution(self.transform, self.base(), None, validate=self.validate)
 
 
 class ConditionalFlow(nn.Module, Configurable):
@@ -101,8 +119,11 @@ class ConditionalFlow(nn.Module, Configurable):
     network (a set's ``mask``, say; a summary may also take a list of tensors). With
     ``observation_shape`` given, a tensor ``x`` must be ``(B, *observation_shape)`` (a
     ``None`` size matches any size) or one unbatched observation of ``observation_shape``,
-    which gives ``batch_shape == ()``; anything else raises ``ValueError`` naming both shapes.
-    NaN/Inf in ``x`` or in the condition raise ``ValueError``.
+    which gives ``batch_shape == ()``; anything else raises
+    :class:`~hybridflow.errors.InputError` naming both shapes, as does an empty batch.
+    NaN/Inf in ``x`` or in the condition raise ``InputError`` when validation is on
+    (``validate``); errors of the summary network name it (``ConditionalFlow summary (MLP):
+    ...``).
 
     **Saving.** The flow is :class:`~hybridflow.config.Configurable`: :func:`hybridflow.save`
     writes it as plain-data config and weights when its transform and summary network are
@@ -118,6 +139,12 @@ class ConditionalFlow(nn.Module, Configurable):
         event_shape: shape of one parameter, ``(D,)`` or ``(C, H, W)``; required when
             ``base`` is ``None``.
         observation_shape: optional shape of one observation, checked at each call.
+        validate: run the data-dependent checks (NaN/Inf in the observations, the condition
+            and the values given to ``log_prob``), once per call, with the transform's own off.
+            ``None`` follows :class:`hybridflow.set_validation` (on by default); pass
+            ``False`` for speed (under ``torch.compile`` and ``torch.func`` they are skipped
+            anyway). Types and shapes are always checked, and the transform checks dtype and
+            device at its entry.
 
     Example:
         >>> import torch
@@ -153,22 +180,27 @@ class ConditionalFlow(nn.Module, Configurable):
         *,
         event_shape: Sequence[int] | None = None,
         observation_shape: Sequence[int | None] | None = None,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
         self.transform = _check_transform(transform, "ConditionalFlow")
         if not transform.takes_condition:
-            raise ValueError(
-                "ConditionalFlow: the transform takes no condition; build its couplings with "
-                "cond_features > 0 (or use Flow for an unconditional density)"
+            raise ArgumentError(
+                "the transform takes no condition; build its couplings with cond_features > 0 "
+                "(or use Flow for an unconditional density)",
+                argument="transform",
+                where=("ConditionalFlow",),
             )
         if summary is not None and not isinstance(summary, nn.Module):
-            raise TypeError(
-                f"ConditionalFlow: summary must be an nn.Module or None, got "
-                f"{type(summary).__name__}"
+            raise ArgumentTypeError(
+                f"summary must be an nn.Module or None, got {type(summary).__name__}",
+                argument="summary",
+                where=("ConditionalFlow",),
             )
         self.summary = summary
         self.base, self.event_shape = as_base(base, event_shape, "ConditionalFlow")
         self.observation_shape = _check_observation_shape(observation_shape)
+        self.validate = _check_validate(validate, "ConditionalFlow")
 
     def extra_repr(self) -> str:
         observed = (
@@ -180,33 +212,43 @@ class ConditionalFlow(nn.Module, Configurable):
 
     def _batched(self, x: Any) -> tuple[Any, bool]:
         """Check ``x`` against ``observation_shape``; add a batch axis to one observation."""
+        where = "ConditionalFlow"
         if not isinstance(x, Tensor):
             if self.summary is None:
-                raise TypeError(
-                    "ConditionalFlow: without a summary network the observation must be a "
-                    f"tensor, got {type(x).__name__}"
+                raise InputTypeError(
+                    "without a summary network the observation must be a tensor, got "
+                    f"{type(x).__name__}",
+                    where=(where,),
                 )
             return x, True
-        if not torch.isfinite(x).all():
-            bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(
-                f"ConditionalFlow: the observation has {bad} NaN/Inf value(s) out of "
-                f"{x.numel()}; drop or repair such simulations before training or inference"
-            )
+        check_finite(
+            x,
+            where,
+            validate=self.validate,
+            what="the observation",
+            fix="drop or repair such simulations before training or inference",
+        )
         shape = self.observation_shape
         if shape is None:
-            return x, True
-        if _matches(tuple(x.shape), shape):
+            batched = x, True
+        elif _matches(tuple(x.shape), shape):
             return x.unsqueeze(0), False
-        if x.dim() == len(shape) + 1 and _matches(tuple(x.shape[1:]), shape):
-            return x, True
-        inner = ", ".join("*" if s is None else str(s) for s in shape)
-        single = f"({inner},)" if len(shape) == 1 else f"({inner})"
-        raise ValueError(
-            f"ConditionalFlow: observation of shape {tuple(x.shape)} does not match "
-            f"observation_shape {single}; expected a batch (B, {inner}) or one observation "
-            f"{single}"
-        )
+        elif x.dim() == len(shape) + 1 and _matches(tuple(x.shape[1:]), shape):
+            batched = x, True
+        else:
+            inner = ", ".join("*" if s is None else str(s) for s in shape)
+            single = f"({inner},)" if len(shape) == 1 else f"({inner})"
+            raise InputError(
+                f"observation of shape {tuple(x.shape)} does not match observation_shape "
+                f"{single}; expected a batch (B, {inner}) or one observation {single}",
+                where=(where,),
+            )
+        if x.dim() > 0 and x.shape[0] == 0:
+            raise InputError(
+                f"empty batch: the observation has shape {tuple(x.shape)}; give at least one",
+                where=(where,),
+            )
+        return batched
 
     def condition(self, x: Any, *args: Any, **kwargs: Any) -> Tensor:
         """The condition ``summary(x, *args, **kwargs)`` (``x`` itself without a summary),
@@ -215,18 +257,33 @@ class ConditionalFlow(nn.Module, Configurable):
 
     def _condition(self, x: Any, *args: Any, **kwargs: Any) -> tuple[Tensor, bool]:
         x, batched = self._batched(x)
-        cond = x if self.summary is None else self.summary(x, *args, **kwargs)
-        if not isinstance(cond, Tensor) or cond.dim() < 2:
-            got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
-            raise ValueError(
-                f"ConditionalFlow: the condition must be a tensor (B, ...) with at least two "
-                f"dimensions, got {got}"
+        if self.summary is None:
+            cond = x
+        else:
+            try:
+                with validation_scope(False if self.validate is False else None):
+                    cond = self.summary(x, *args, **kwargs)
+            except (InputError, InputTypeError) as error:
+                error.located(f"ConditionalFlow summary ({type(self.summary).__name__})")
+                raise
+        if not isinstance(cond, Tensor):
+            raise InputTypeError(
+                f"the condition must be a tensor (B, ...), got {type(cond).__name__}",
+                where=("ConditionalFlow",),
             )
-        if not torch.isfinite(cond).all():
-            raise ValueError(
-                "ConditionalFlow: the summary network produced NaN/Inf values; check its "
-                "input and its training (learning rate, input scaling)"
+        if cond.dim() < 2:
+            raise InputError(
+                f"the condition must be a tensor (B, ...) with at least two dimensions, got "
+                f"{tuple(cond.shape)}",
+                where=("ConditionalFlow",),
             )
+        check_finite(
+            cond,
+            "ConditionalFlow",
+            validate=self.validate,
+            what="the condition from the summary network",
+            fix="check its input and its training (learning rate, input scaling)",
+        )
         return cond, batched
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> FlowDistribution:
@@ -243,7 +300,9 @@ class ConditionalFlow(nn.Module, Configurable):
             unbatched observation).
         """
         cond, batched = self._condition(x, *args, **kwargs)
-        return FlowDistribution(self.transform, self.base(), cond, batched=batched)
+        return FlowDistribution(
+            self.transform, self.base(), cond, batched=batched, validate=self.validate
+        )
 
 
 def _check_observation_shape(
@@ -252,15 +311,13 @@ def _check_observation_shape(
     if shape is None:
         return None
     if isinstance(shape, str) or not isinstance(shape, (Sequence, torch.Size)):
-        raise TypeError(
-            f"ConditionalFlow: observation_shape must be a sequence, got {type(shape).__name__}"
+        raise ArgumentTypeError(
+            f"observation_shape must be a sequence, got {type(shape).__name__}",
+            argument="observation_shape",
+            where=("ConditionalFlow",),
         )
     for size in shape:
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
-            raise ValueError(
-                "ConditionalFlow: observation_shape must hold non-negative ints or None, got "
-                f"{tuple(shape)!r}"
-            )
+        integer(size, "observation_shape", "ConditionalFlow", minimum=0, optional=True)
     return tuple(shape)
 
 

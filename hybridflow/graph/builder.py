@@ -214,6 +214,7 @@ class Graph:
         batch_size: int | None = None,
         cost: CostKind = "flops",
         max_inverted_run: int | None = None,
+        validate: bool | None = None,
     ) -> GraphModule:
         """Validate the graph, measure it on ``sample`` and plan it; return the module.
 
@@ -233,6 +234,9 @@ class Graph:
                 or ``"time"`` (one timed forward pass per node).
             max_inverted_run: at most this many nodes reconstructed from one kept tensor
                 (bounds float32 drift): longer invertible segments keep anchors.
+            validate: the module's switch of data-dependent input checks (NaN/Inf in the
+                floating inputs of each call); ``None`` follows
+                :class:`hybridflow.set_validation`. See :class:`GraphModule`.
 
         Raises:
             ValueError, TypeError: naming the node, for any problem of the graph (see
@@ -245,7 +249,7 @@ class Graph:
             raise ValueError(f"Graph.build: cost must be 'time' or 'flops', got {cost!r}")
         order = validate_structure(self._graph, self._outputs)
         profile = profile_graph(self._graph, order, self._outputs, sample, cost)
-        module = GraphModule(self._graph.copy(), order, self._outputs, profile)
+        module = GraphModule(self._graph.copy(), order, self._outputs, profile, validate=validate)
         module.plan(
             memory_budget, pin=pin, batch_size=batch_size, max_inverted_run=max_inverted_run
         )

@@ -33,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hybridflow.autograd.chain import Chain
 from hybridflow.autograd.module import InvertibleModule
+from hybridflow.autograd.validation import validation_scope
 from hybridflow.graph.layer_memory import LayerMemory, LayerUse
 from hybridflow.graph.nodes import LOGDET, NodeKind, NodeSpec, Port
 from hybridflow.graph.values import (
@@ -269,7 +270,9 @@ def _run_node(
         return tensor.detach()
 
     counter = FlopCounterMode(display=False) if cost == "flops" else nullcontext()
+    # measured without the data-dependent input checks: they are not part of the model
     with (
+        validation_scope(False),
         node_errors(spec, "failed on the sample"),
         torch.enable_grad(),
         torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
@@ -285,7 +288,8 @@ def _run_node(
         touched = [t for t in (*args, cond, *produced.values()) if isinstance(t, Tensor)]
         measured = float(counter.get_total_flops() + sum(t.numel() for t in touched))
     else:
-        measured = _time(lambda: call_node(spec, args, cond), args)
+        with validation_scope(False):
+            measured = _time(lambda: call_node(spec, args, cond), args)
     read_pairs: list[tuple[str, Tensor]] = []  # (port, tensor), tuples item by item
     for port, value in zip(spec.reads, [*args, *([] if cond is None else [cond])], strict=True):
         if isinstance(value, Tensor):

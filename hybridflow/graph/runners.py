@@ -6,7 +6,6 @@ together with the node modules they run.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -15,12 +14,14 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from hybridflow.autograd.chain import Chain
+from hybridflow.autograd.checks import layer_place
 from hybridflow.autograd.microbatch import check_acts_per_sample
+from hybridflow.errors import InputError, InputTypeError
 from hybridflow.graph.nodes import LOGDET, NodeSpec
 from hybridflow.graph.segments import Segment
 from hybridflow.graph.slicing import run_sliced
 from hybridflow.graph.strategy import Strategy
-from hybridflow.graph.values import call_node, read_port
+from hybridflow.graph.values import call_node, node_errors, read_port
 
 __all__ = ["InvertibleRunner", "NodesRunner"]
 
@@ -73,7 +74,7 @@ class InvertibleRunner:
         segment, strategy = self.segment, self.strategy
         x = read_port(values, self.tuples, segment.x)
         cond = None if segment.cond is None else read_port(values, self.tuples, segment.cond)
-        with _segment_errors(segment):
+        with _segment_errors(self.chain, self.specs):
             if strategy.micro_batches > 1:
                 for spec in self.specs:
                     check_acts_per_sample(spec.target, f"Graph {spec.describe()}")
@@ -124,7 +125,7 @@ class NodesRunner:
         local: Values = dict(zip(self.read_keys, tensors, strict=True))
         for spec in self.specs:
             args = [read_port(local, self.tuples, p) for p in spec.inputs]
-            with _node_errors(spec):
+            with node_errors(spec, "failed at run time"):
                 result = call_node(spec, args, None)
             if spec.kind == "autograd" and isinstance(result, tuple | list):
                 for i, item in enumerate(result):
@@ -149,35 +150,31 @@ class NodesRunner:
 
 
 @contextmanager
-def _node_errors(spec: NodeSpec) -> Iterator[None]:
-    """Prefix a node's input errors with its name."""
+def _segment_errors(chain: Chain, specs: Sequence[NodeSpec]) -> Iterator[None]:
+    """Name the node when a segment's chain refuses its input.
+
+    The chain locates an input error at one of its layers (the first entry of
+    ``error.where``, as :func:`~hybridflow.autograd.checks.layer_place` writes it); layer ``i``
+    is the module of the segment's node ``i``, so that entry is replaced by the node. Errors
+    located nowhere in the chain name the segment's first node.
+    """
+    nodes = {
+        layer_place(i, layer): f"Graph {spec.describe()}"
+        for i, (layer, spec) in enumerate(zip(chain.layers, specs, strict=True))
+    }
+    first = f"Graph {specs[0].describe()}"
     try:
         yield
+    except (InputError, InputTypeError) as error:
+        head = error.where[0] if error.where else None
+        if head in nodes:
+            error.where = error.where[1:]
+            error.located(nodes[head])
+        elif head not in nodes.values():
+            error.located(first)
+        raise
     except (ValueError, TypeError) as error:
         if type(error) not in (ValueError, TypeError):
             raise
-        raise type(error)(f"Graph {spec.describe()}: {error}") from error
-
-
-_CHAIN_LAYER = re.compile(r"^Chain layer (\d+) \([^)]*\): ")
-
-
-@contextmanager
-def _segment_errors(segment: Segment) -> Iterator[None]:
-    """Name the node when a layer of a segment's chain refuses its input (the chain names
-    its position, which is the node's position in the segment)."""
-    try:
-        yield
-    except (ValueError, TypeError) as error:
-        if type(error) not in (ValueError, TypeError):
-            raise
-        message = str(error)
-        if message.startswith("Graph node"):
-            raise
-        match = _CHAIN_LAYER.match(message)
-        if match and int(match.group(1)) < len(segment.nodes):
-            node = segment.nodes[int(match.group(1))]
-            message = message[match.end() :]
-        else:
-            node = segment.nodes[0]
-        raise type(error)(f"Graph node {node!r} (invertible): {message}") from error
+        kind = InputTypeError if type(error) is TypeError else InputError
+        raise kind(str(error), where=(first,)) from error

@@ -9,8 +9,12 @@ from typing import Any
 import networkx as nx
 from torch import Tensor, nn
 
+from hybridflow.arguments import boolean, integer, positive_int
+from hybridflow.autograd.checks import check_batch, check_finite
 from hybridflow.autograd.drift import DriftReport
 from hybridflow.autograd.microbatch import check_acts_per_sample
+from hybridflow.autograd.validation import data_checks, validation_scope
+from hybridflow.errors import InputTypeError
 from hybridflow.graph.estimates import estimate, strategy_options
 from hybridflow.graph.explain import Plan, SegmentPlan
 from hybridflow.graph.memory import parse_bytes
@@ -37,7 +41,19 @@ class GraphModule(nn.Module):
     Call it with the graph's inputs by name (or positionally, in the order they were
     declared); it returns a dict of the named outputs.
 
+    **Entry checks.** Each call checks its inputs once, before any node runs: every input a
+    tensor with a non-empty batch dimension (metadata, always). With validation on
+    (``validate``, default ``None``: :class:`hybridflow.set_validation`) the floating inputs
+    must hold no NaN/Inf too; that check reads the data, so pass ``validate=False`` for speed
+    (it is skipped under ``torch.compile`` and ``torch.func`` anyway). The nodes then run
+    without data checks of their own. The chains of invertible segments check dtype and
+    device (metadata) against their parameters at their entry; a
+    node whose module refuses its input, or fails in torch (a matmul of the wrong shape),
+    raises :class:`~hybridflow.errors.InputError` naming the node
+    (``error.where[0] == "Graph node 'proj' (autograd)"``), with torch's error as its cause.
+
     Attributes:
+        validate: the switch of data-dependent input checks (see above).
         digraph: the ``networkx.DiGraph`` of the nodes.
         profile: the measurements of the sample run.
         segments: the segments of the current plan.
@@ -51,8 +67,11 @@ class GraphModule(nn.Module):
         outputs: Mapping[str, Port],
         profile: GraphProfile,
         batch_size: int | None = None,
+        *,
+        validate: bool | None = None,
     ) -> None:
         super().__init__()
+        self.validate = None if validate is None else boolean(validate, "validate", "Graph")
         self.batch_size = profile.batch_size if batch_size is None else batch_size
         self.digraph = digraph
         self.order = tuple(order)
@@ -105,14 +124,8 @@ class GraphModule(nn.Module):
         """
         budget = None if memory_budget is None else parse_bytes(memory_budget)
         batch = self.batch_size if batch_size is None else batch_size
-        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-            raise ValueError(f"Graph.plan: batch_size must be a positive int, got {batch_size!r}")
-        if max_inverted_run is not None and (
-            not isinstance(max_inverted_run, int) or max_inverted_run < 1
-        ):
-            raise ValueError(
-                f"Graph.plan: max_inverted_run must be a positive int, got {max_inverted_run!r}"
-            )
+        positive_int(batch, "batch_size", "Graph.plan")
+        integer(max_inverted_run, "max_inverted_run", "Graph.plan", minimum=1, optional=True)
         pins = self._check_pins(pin or {})
         segments = segment_graph(self.specs, self.order, self.outputs, pins)
         modules = {n: s.module for n, s in self.specs.items()}
@@ -292,10 +305,11 @@ class GraphModule(nn.Module):
         if self.current_plan is None:
             raise RuntimeError("Graph: the graph has no plan yet; call plan()")
         values = self._bind(args, kwargs)
-        for runner, release in zip(self._runners, self._release, strict=True):
-            runner(values)
-            for key in release:
-                del values[key]
+        with validation_scope(False):  # checked once, at the graph's entry
+            for runner, release in zip(self._runners, self._release, strict=True):
+                runner(values)
+                for key in release:
+                    del values[key]
         return {
             name: read_port(values, self.profile.tuples, port)
             for name, port in self.outputs.items()
@@ -312,14 +326,14 @@ class GraphModule(nn.Module):
             if name in bound:
                 raise TypeError(f"Graph: input {name!r} given twice")
             bound[name] = value
+        finite = data_checks(self.validate)
         for name in names:
+            place = f"Graph input {name!r}"
             if name not in bound:
-                raise TypeError(f"Graph input {name!r}: missing; inputs are {list(names)}")
-            if not isinstance(bound[name], Tensor):
-                raise TypeError(
-                    f"Graph input {name!r}: expected a torch.Tensor, got "
-                    f"{type(bound[name]).__name__}"
-                )
+                raise InputTypeError(f"missing; inputs are {list(names)}", where=(place,))
+            value = check_batch(bound[name], place)
+            if finite and value.is_floating_point():
+                check_finite(value, place, validate=True, fix="repair or drop such samples")
         return bound
 
     def extra_repr(self) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from hybridflow.arguments import integer
+
 __all__ = ["Strategy", "StrategyKind"]
 
 StrategyKind = Literal["store", "invert", "checkpoint"]
@@ -54,10 +56,7 @@ class Strategy:
             ("anchor_every", self.anchor_every, True),
             ("micro_batches", self.micro_batches, False),
         ):
-            if value is None and allow_none:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Strategy: {name} must be a positive int, got {value!r}")
+            integer(value, name, "Strategy", minimum=1, optional=allow_none)
         if self.kind != "invert" and (self.anchor_every is not None or self.micro_batches > 1):
             raise ValueError(
                 f"Strategy: anchor_every and micro_batches apply to 'invert' only, got "

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import Tensor
 
+from hybridflow.errors import InputError, InputTypeError
 from hybridflow.graph.nodes import LOGDET, NodeKind, NodeSpec, Port
 
 __all__ = [
@@ -24,9 +25,9 @@ __all__ = [
 
 def _check_tensor(value: object, spec: NodeSpec, port: Port, role: str) -> Tensor:
     if not isinstance(value, Tensor):
-        raise TypeError(
-            f"Graph {spec.describe()}: its {role} {str(port)!r} is a {type(value).__name__}, "
-            "expected a torch.Tensor"
+        raise InputTypeError(
+            f"its {role} {str(port)!r} is a {type(value).__name__}, expected a torch.Tensor",
+            where=(f"Graph {spec.describe()}",),
         )
     return value
 
@@ -34,28 +35,31 @@ def _check_tensor(value: object, spec: NodeSpec, port: Port, role: str) -> Tenso
 def check_inputs(spec: NodeSpec, args: list[Any], cond: Tensor | None, batch: int) -> None:
     """Type, batch and dtype checks that name the node (before it runs)."""
     module = spec.module
+    place = f"Graph {spec.describe()}"
     if spec.kind in ("invertible", "operator"):
         for port, value in zip(spec.inputs, args, strict=True):
             _check_tensor(value, spec, port, "input")
     if spec.kind == "invertible":
         x = args[0]
         if not x.is_floating_point():
-            raise TypeError(
-                f"Graph {spec.describe()}: its input {str(spec.inputs[0])!r} is {x.dtype}, "
-                "expected a floating-point tensor"
+            raise InputTypeError(
+                f"its input {str(spec.inputs[0])!r} is {x.dtype}, expected a floating-point tensor",
+                where=(place,),
             )
         if cond is not None:
             _check_tensor(cond, spec, spec.cond, "condition")
             if cond.dim() == 0 or cond.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"Graph {spec.describe()}: its condition {str(spec.cond)!r} has shape "
-                    f"{tuple(cond.shape)} but its input {str(spec.inputs[0])!r} has batch "
-                    f"size {x.shape[0]}; both must share the batch dimension"
+                raise InputError(
+                    f"its condition {str(spec.cond)!r} has shape {tuple(cond.shape)} but its "
+                    f"input {str(spec.inputs[0])!r} has batch size {x.shape[0]}; both must "
+                    "share the batch dimension",
+                    where=(place,),
                 )
         if x.dim() == 0 or x.shape[0] != batch:
-            raise ValueError(
-                f"Graph {spec.describe()}: its input {str(spec.inputs[0])!r} has shape "
-                f"{tuple(x.shape)}, expected the batch size {batch} of the graph's inputs first"
+            raise InputError(
+                f"its input {str(spec.inputs[0])!r} has shape {tuple(x.shape)}, expected the "
+                f"batch size {batch} of the graph's inputs first",
+                where=(place,),
             )
     if module is None or spec.kind == "operator":
         return
@@ -63,10 +67,11 @@ def check_inputs(spec: NodeSpec, args: list[Any], cond: Tensor | None, batch: in
     first = next((a for a in args if isinstance(a, Tensor) and a.is_floating_point()), None)
     if first is not None and dtypes and first.dtype not in dtypes:
         source = spec.inputs[args.index(first)]
-        raise TypeError(
-            f"Graph {spec.describe()}: its input {str(source)!r} is {first.dtype} but the "
-            f"parameters of its {type(module).__name__} are {sorted(map(str, dtypes))}; "
-            "convert the module or the data to one dtype"
+        raise InputTypeError(
+            f"its input {str(source)!r} is {first.dtype} but the parameters of its "
+            f"{type(module).__name__} are {sorted(map(str, dtypes))}; convert the module or "
+            "the data to one dtype",
+            where=(place,),
         )
 
 
@@ -155,18 +160,29 @@ def check_reads(
 
 @contextmanager
 def node_errors(spec: NodeSpec, during: str) -> Iterator[None]:
-    """Re-raise input errors of a node's module as ``ValueError``/``TypeError`` naming it.
+    """Locate input errors of a node's module at the node; re-raise what torch or the module
+    raised otherwise as an input error naming the node.
 
-    A ``RuntimeError`` raised by torch (mismatched convolution channels, say) becomes a
-    ``ValueError``: on the sample it means the graph's shapes do not fit together.
+    :class:`~hybridflow.errors.InputError`/:class:`~hybridflow.errors.InputTypeError` get the
+    node prepended to their ``where``. A plain ``ValueError``, ``TypeError`` or
+    ``RuntimeError`` (torch's mismatched matmul or convolution shapes, say) becomes an
+    ``InputError`` (``InputTypeError`` for a ``TypeError``) whose ``__cause__`` is the
+    original: the values reaching the node do not fit it; ``during`` ("failed on the
+    sample") introduces torch's text. Subclasses (out of memory,
+    reconstruction errors, argument errors) pass unchanged.
     """
+    place = f"Graph {spec.describe()}"
     try:
         yield
+    except (InputError, InputTypeError) as error:
+        error.located(place)
+        raise
     except (ValueError, TypeError, RuntimeError) as error:
         if type(error) not in (ValueError, TypeError, RuntimeError):
             raise
-        kind = TypeError if type(error) is TypeError else ValueError
-        raise kind(f"Graph {spec.describe()} {during}: {error}") from error
+        kind = InputTypeError if type(error) is TypeError else InputError
+        detail = f"{during}: {error}" if type(error) is RuntimeError else str(error)
+        raise kind(detail, where=(place,)) from error
 
 
 def read_port(values: Mapping[str, Any], tuples: Mapping[str, tuple[str, ...]], port: Port) -> Any:

@@ -7,6 +7,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from hybridflow.arguments import number, positive_int
 from hybridflow.autograd.checks import check_input
 from hybridflow.errors import InputError
 from hybridflow.layers.elementwise import Affine
@@ -44,8 +45,8 @@ class ActNorm(Affine):
     """
 
     def __init__(self, num_features: int, eps: float = 1e-6) -> None:
-        if num_features < 1:
-            raise ValueError(f"ActNorm: num_features must be positive, got {num_features}")
+        positive_int(num_features, "num_features", "ActNorm")
+        number(eps, "eps", "ActNorm", minimum=0, open_low=True)
         super().__init__(num_features)
         self.eps = eps
         self.register_buffer("initialized", torch.tensor(False))
@@ -120,7 +121,7 @@ class ActNorm(Affine):
         self.mark_initialized(True)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_input(x, "ActNorm", self.num_features, None)
+        check_input(x, "ActNorm", self.num_features, None, self)
         if not self.is_initialized:
             self._initialize(x)
         return super().forward(x, cond)

@@ -6,7 +6,10 @@ from collections.abc import Callable
 
 from torch import nn
 
-__all__ = ["Subnet", "default_conditioner"]
+from hybridflow.arguments import one_of, positive_int
+from hybridflow.errors import ArgumentTypeError
+
+__all__ = ["Subnet", "check_subnet", "default_conditioner"]
 
 Subnet = Callable[[int, int], nn.Module]
 """A conditioner factory: ``subnet(in_features, out_features) -> nn.Module``."""
@@ -26,6 +29,8 @@ def default_conditioner(
     Every parameter takes part in every forward pass (nothing unused, as
     ``DistributedDataParallel`` without ``find_unused_parameters`` requires).
     """
+    positive_int(hidden, "hidden", "default_conditioner")
+    one_of(spatial_dims, "spatial_dims", "default_conditioner", (0, 1, 2, 3))
     if spatial_dims == 0:
         layers = [
             nn.Linear(in_features, hidden),
@@ -34,7 +39,7 @@ def default_conditioner(
             nn.ReLU(),
             nn.Linear(hidden, out_features),
         ]
-    elif spatial_dims in _CONV:
+    else:
         conv = _CONV[spatial_dims]
         layers = [
             conv(in_features, hidden, kernel_size=3, padding=1),
@@ -43,9 +48,19 @@ def default_conditioner(
             nn.ReLU(),
             conv(hidden, out_features, kernel_size=3, padding=1),
         ]
-    else:
-        raise ValueError(f"spatial_dims must be 0, 1, 2 or 3, got {spatial_dims!r}")
     last = layers[-1]
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
     return nn.Sequential(*layers)
+
+
+def check_subnet(subnet: object, where: str) -> None:
+    """Refuse a ``subnet`` that is neither ``None`` nor a callable factory (an ``nn.Module``
+    instance is a network, not a factory: pass ``lambda i, o: MyNet(i, o)``)."""
+    if subnet is not None and (not callable(subnet) or isinstance(subnet, nn.Module)):
+        raise ArgumentTypeError(
+            "subnet must be a factory subnet(in_features, out_features) -> nn.Module or None, "
+            f"got {type(subnet).__name__}",
+            argument="subnet",
+            where=(where,),
+        )

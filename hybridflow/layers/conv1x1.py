@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from hybridflow.arguments import integer, positive_int
 from hybridflow.autograd.checks import check_finite, check_input
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
 
@@ -57,8 +58,8 @@ class InvConv1x1(InvertibleModule):
 
     def __init__(self, num_features: int, seed: int | None = None) -> None:
         super().__init__()
-        if num_features < 1:
-            raise ValueError(f"InvConv1x1: num_features must be positive, got {num_features}")
+        positive_int(num_features, "num_features", "InvConv1x1")
+        integer(seed, "seed", "InvConv1x1", minimum=0, optional=True)
         self.num_features = num_features
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         q, _ = torch.linalg.qr(torch.randn(num_features, num_features, generator=generator))
@@ -99,11 +100,11 @@ class InvConv1x1(InvertibleModule):
         return (sign * math.prod(x.shape[2:]) * self.log_diag.sum()).expand(x.shape[0])
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_input(x, "InvConv1x1", self.num_features, None)
+        check_input(x, "InvConv1x1", self.num_features, None, self)
         return _mix(self.weight(), x), self._logdet(x, 1.0)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_input(y, "InvConv1x1.inverse", self.num_features, None)
+        check_input(y, "InvConv1x1.inverse", self.num_features, None, self)
         check_finite(y, "InvConv1x1.inverse")
         return _mix(self.inverse_weight(), y), self._logdet(y, -1.0)
 

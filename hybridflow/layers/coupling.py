@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hybridflow.arguments import integer, number, one_of, positive_int
 from hybridflow.autograd.checks import check_condition, check_finite, check_input
 from hybridflow.autograd.module import InvertibleModule, Reconstruction, vjp_wrt
-from hybridflow.layers.conditioners import Subnet, default_conditioner
+from hybridflow.layers.conditioners import Subnet, check_subnet, default_conditioner
 
 __all__ = ["AffineCoupling", "CouplingLayer"]
 
@@ -47,12 +48,11 @@ class CouplingLayer(InvertibleModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        if num_features < 2:
-            raise ValueError(f"{name}: num_features must be at least 2, got {num_features}")
-        if cond_features < 0:
-            raise ValueError(f"{name}: cond_features must be >= 0, got {cond_features}")
-        if spatial_dims not in (0, 1, 2, 3):
-            raise ValueError(f"{name}: spatial_dims must be 0, 1, 2 or 3, got {spatial_dims!r}")
+        integer(num_features, "num_features", name, minimum=2)
+        positive_int(hidden, "hidden", name)
+        integer(cond_features, "cond_features", name, minimum=0)
+        one_of(spatial_dims, "spatial_dims", name, (0, 1, 2, 3))
+        check_subnet(subnet, name)
         self.num_features = num_features
         self.cond_features = cond_features
         self.spatial_dims = spatial_dims
@@ -86,7 +86,7 @@ class CouplingLayer(InvertibleModule):
 
     # -- shared machinery ------------------------------------------------------------------
     def _check(self, x: Tensor, cond: Tensor | None, where: str) -> None:
-        check_input(x, where, self.num_features, self.spatial_dims)
+        check_input(x, where, self.num_features, self.spatial_dims, self)
         check_condition(cond, x, where, self.cond_features)
 
     def _condition(self, x1: Tensor, cond: Tensor | None) -> Tensor:
@@ -218,8 +218,7 @@ class AffineCoupling(CouplingLayer):
         clamp: float = 2.0,
     ) -> None:
         super().__init__(num_features, hidden, cond_features, spatial_dims, subnet)
-        if clamp <= 0:
-            raise ValueError(f"AffineCoupling: clamp must be positive, got {clamp}")
+        number(clamp, "clamp", "AffineCoupling", minimum=0, open_low=True)
         self.clamp = clamp
 
     def _scale_shift(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -7,8 +7,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from hybridflow.arguments import number, positive_int
 from hybridflow.autograd.checks import check_finite, check_input
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
+from hybridflow.errors import InputError, InputTypeError
 from hybridflow.layers.shapes import channel_view, reduce_except_channels
 
 __all__ = ["Affine", "LeakyReLU"]
@@ -49,8 +51,7 @@ class Affine(InvertibleModule):
 
     def __init__(self, num_features: int) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"Affine: num_features must be a positive int, got {num_features!r}")
+        positive_int(num_features, "num_features", type(self).__name__)
         self.num_features = num_features
         self.log_scale = nn.Parameter(torch.zeros(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
@@ -63,13 +64,13 @@ class Affine(InvertibleModule):
         return (sign * positions * self.log_scale.sum()).to(x.dtype).expand(x.shape[0])
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_input(x, type(self).__name__, self.num_features, None)
+        check_input(x, type(self).__name__, self.num_features, None, self)
         y = x * channel_view(self.log_scale.exp(), x) + channel_view(self.bias, x)
         return y, self._logdet(x, 1.0)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         where = f"{type(self).__name__}.inverse"
-        check_input(y, where, self.num_features, None)
+        check_input(y, where, self.num_features, None, self)
         check_finite(y, where)
         x = (y - channel_view(self.bias, y)) * channel_view((-self.log_scale).exp(), y)
         return x, self._logdet(y, -1.0)
@@ -140,13 +141,8 @@ class LeakyReLU(InvertibleModule):
 
     def __init__(self, negative_slope: float = 0.1) -> None:
         super().__init__()
-        if not isinstance(negative_slope, (int, float)) or not (
-            math.isfinite(negative_slope) and negative_slope > 0
-        ):
-            raise ValueError(
-                f"LeakyReLU: negative_slope must be a positive finite number (else the map is "
-                f"not invertible), got {negative_slope!r}"
-            )
+        # a slope of 0 would not be invertible
+        number(negative_slope, "negative_slope", "LeakyReLU", minimum=0, open_low=True)
         self.negative_slope = float(negative_slope)
 
     def extra_repr(self) -> str:
@@ -155,11 +151,12 @@ class LeakyReLU(InvertibleModule):
     @staticmethod
     def _check(x: object, where: str) -> None:
         if not isinstance(x, Tensor):
-            raise TypeError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
+            raise InputTypeError(f"expected a torch.Tensor, got {type(x).__name__}", where=(where,))
         if x.dim() < 1 or not x.is_floating_point():
-            raise ValueError(
-                f"{where}: expected a floating-point batch (B, ...), got shape "
-                f"{tuple(x.shape)} of {x.dtype}"
+            raise InputError(
+                f"expected a floating-point batch (B, ...), got shape "
+                f"{tuple(x.shape)} of {x.dtype}",
+                where=(where,),
             )
 
     def _logdet(self, negative: Tensor, sign: float) -> Tensor:

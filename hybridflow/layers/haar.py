@@ -10,6 +10,7 @@ from torch import Tensor
 
 from hybridflow.autograd.checks import check_finite
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
+from hybridflow.errors import InputError, InputTypeError
 from hybridflow.layers.squeeze import Squeeze
 
 __all__ = ["HaarSqueeze", "haar_matrix"]
@@ -64,21 +65,23 @@ class HaarSqueeze(InvertibleModule):
 
     def _check(self, x: object, where: str) -> None:
         if not isinstance(x, Tensor):
-            raise TypeError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
+            raise InputTypeError(f"expected a torch.Tensor, got {type(x).__name__}", where=(where,))
         if x.dim() not in (3, 4, 5):
-            raise ValueError(
-                f"{where}: expected (B, C, L), (B, C, H, W) or (B, C, D, H, W), got shape "
-                f"{tuple(x.shape)}"
+            raise InputError(
+                f"expected (B, C, L), (B, C, H, W) or (B, C, D, H, W), got shape {tuple(x.shape)}",
+                where=(where,),
             )
         if not x.is_floating_point():
-            raise TypeError(f"{where}: expected a floating-point tensor, got {x.dtype}")
+            raise InputTypeError(f"expected a floating-point tensor, got {x.dtype}", where=(where,))
 
     def squeeze(self, x: Tensor) -> Tensor:
         """The analysis transform ``(B, C, *S) -> (B, 2^d C, *S/2)``."""
         b, c, *sizes = x.shape
         d = len(sizes)
         if any(s % 2 for s in sizes):
-            raise ValueError(f"HaarSqueeze: spatial sizes {tuple(sizes)} are not all even")
+            raise InputError(
+                f"spatial sizes {tuple(sizes)} are not all even", where=("HaarSqueeze",)
+            )
         blocks = self._pixels.squeeze(x).reshape(b, c, 2**d, -1)
         bands = torch.einsum("jk,bckn->bjcn", haar_matrix(d, x.dtype, x.device), blocks)
         return bands.reshape(b, c * 2**d, *(s // 2 for s in sizes))
@@ -88,8 +91,9 @@ class HaarSqueeze(InvertibleModule):
         b, channels, *sizes = y.shape
         d = len(sizes)
         if channels % 2**d:
-            raise ValueError(
-                f"HaarSqueeze.inverse: {channels} channels are not divisible by 2**{d} = {2**d}"
+            raise InputError(
+                f"{channels} channels are not divisible by 2**{d} = {2**d}",
+                where=("HaarSqueeze.inverse",),
             )
         c = channels // 2**d
         bands = y.reshape(b, 2**d, c, -1)

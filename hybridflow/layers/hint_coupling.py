@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hybridflow.arguments import integer, one_of, positive_int
 from hybridflow.autograd.checks import check_condition, check_finite, check_input, inside_chain
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
 from hybridflow.layers.conditioners import Subnet
@@ -74,16 +75,12 @@ class HINTCoupling(InvertibleModule):
         clamp: float = 2.0,
     ) -> None:
         super().__init__()
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise ValueError(f"HINTCoupling: depth must be an int >= 1, got {depth!r}")
-        if not isinstance(num_features, int) or num_features < 2:
-            raise ValueError(f"HINTCoupling: num_features must be at least 2, got {num_features!r}")
-        if not isinstance(cond_features, int) or cond_features < 0:
-            raise ValueError(f"HINTCoupling: cond_features must be >= 0, got {cond_features!r}")
-        if spatial_dims not in (0, 1, 2, 3):
-            raise ValueError(
-                f"HINTCoupling: spatial_dims must be 0, 1, 2 or 3, got {spatial_dims!r}"
-            )
+        where = "HINTCoupling"
+        integer(num_features, "num_features", where, minimum=2)
+        positive_int(depth, "depth", where)
+        positive_int(hidden, "hidden", where)
+        integer(cond_features, "cond_features", where, minimum=0)
+        one_of(spatial_dims, "spatial_dims", where, (0, 1, 2, 3))
         self.num_features = num_features
         self.depth = depth
         self.cond_features = cond_features

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
+from hybridflow.errors import ArgumentTypeError
 
 __all__ = ["Inverse"]
 
@@ -33,7 +34,11 @@ class Inverse(InvertibleModule):
     def __init__(self, module: InvertibleModule) -> None:
         super().__init__()
         if not isinstance(module, InvertibleModule):
-            raise TypeError(f"Inverse: expected an InvertibleModule, got {type(module).__name__}")
+            raise ArgumentTypeError(
+                f"expected an InvertibleModule, got {type(module).__name__}",
+                argument="module",
+                where=("Inverse",),
+            )
         self.module = module
 
     @property

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hybridflow.arguments import positive_int
 from hybridflow.autograd.checks import check_finite
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
+from hybridflow.errors import ArgumentTypeError, InputError, InputTypeError
 
 __all__ = ["ResizeCondition", "Split"]
 
@@ -22,7 +24,11 @@ _POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_p
 
 def _check_module(where: str, module: object) -> None:
     if not isinstance(module, InvertibleModule):
-        raise TypeError(f"{where}: expected an InvertibleModule, got {type(module).__name__}")
+        raise ArgumentTypeError(
+            f"expected an InvertibleModule, got {type(module).__name__}",
+            argument="inner",
+            where=(where,),
+        )
 
 
 def _check_same_shape(where: str, before: Tensor, after: Tensor) -> None:
@@ -71,8 +77,7 @@ class Split(InvertibleModule):
     def __init__(self, inner: InvertibleModule, split_size: int) -> None:
         super().__init__()
         _check_module("Split", inner)
-        if not isinstance(split_size, int) or isinstance(split_size, bool) or split_size < 1:
-            raise ValueError(f"Split: split_size must be a positive int, got {split_size!r}")
+        positive_int(split_size, "split_size", "Split")
         self.inner = inner
         self.split_size = split_size
 
@@ -85,11 +90,12 @@ class Split(InvertibleModule):
 
     def _check(self, x: object, where: str) -> None:
         if not isinstance(x, Tensor):
-            raise TypeError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
+            raise InputTypeError(f"expected a torch.Tensor, got {type(x).__name__}", where=(where,))
         if x.dim() < 2 or x.shape[1] <= self.split_size:
-            raise ValueError(
-                f"{where}: expected more than split_size={self.split_size} channels in "
-                f"dimension 1, got shape {tuple(x.shape)}"
+            raise InputError(
+                f"expected more than split_size={self.split_size} channels in "
+                f"dimension 1, got shape {tuple(x.shape)}",
+                where=(where,),
             )
 
     def _parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -177,10 +183,11 @@ class ResizeCondition(InvertibleModule):
         if cond is None or not isinstance(cond, Tensor) or cond.dim() == 2:
             return cond
         if cond.dim() != like.dim() or like.dim() - 2 not in _POOL:
-            raise ValueError(
-                f"ResizeCondition: a condition must be a vector (B, C) or a field with the "
+            raise InputError(
+                f"a condition must be a vector (B, C) or a field with the "
                 f"input's rank {like.dim()}, got shape {tuple(cond.shape)} for an input of "
-                f"shape {tuple(like.shape)}"
+                f"shape {tuple(like.shape)}",
+                where=("ResizeCondition",),
             )
         if cond.shape[2:] == like.shape[2:]:
             return cond

@@ -5,15 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hybridflow.arguments import integer, positive_int
 from hybridflow.autograd.checks import check_finite, check_input
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
 
 __all__ = ["Permute", "Reverse"]
-
-
-def _check_num_features(name: str, num_features: object) -> None:
-    if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
-        raise ValueError(f"{name}: num_features must be a positive int, got {num_features!r}")
 
 
 class Permute(InvertibleModule):
@@ -45,7 +41,8 @@ class Permute(InvertibleModule):
 
     def __init__(self, num_features: int, seed: int | None = None) -> None:
         super().__init__()
-        _check_num_features("Permute", num_features)
+        positive_int(num_features, "num_features", "Permute")
+        integer(seed, "seed", "Permute", minimum=0, optional=True)
         self.num_features = num_features
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         permutation = torch.randperm(num_features, generator=generator)
@@ -94,7 +91,7 @@ class Reverse(InvertibleModule):
 
     def __init__(self, num_features: int) -> None:
         super().__init__()
-        _check_num_features("Reverse", num_features)
+        positive_int(num_features, "num_features", "Reverse")
         self.num_features = num_features
 
     def extra_repr(self) -> str:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hybridflow.arguments import integer, number
 from hybridflow.layers.conditioners import Subnet
 from hybridflow.layers.coupling import CouplingLayer
 
@@ -164,20 +165,21 @@ class SplineCoupling(CouplingLayer):
         min_bin_height: float = 1e-3,
         min_derivative: float = 1e-3,
     ) -> None:
-        if not isinstance(bins, int) or isinstance(bins, bool) or bins < 2:
-            raise ValueError(f"SplineCoupling: bins must be an int >= 2, got {bins!r}")
-        if not (isinstance(bound, (int, float)) and math.isfinite(bound) and bound > 0):
-            raise ValueError(f"SplineCoupling: bound must be a positive number, got {bound!r}")
+        where = "SplineCoupling"
+        integer(bins, "bins", where, minimum=2)
+        number(bound, "bound", where, minimum=0, open_low=True)
         for name, floor in (("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)):
-            if not (floor >= 0 and floor * bins < 1):
-                raise ValueError(
-                    f"SplineCoupling: {name} must be in [0, 1/bins) = [0, {1 / bins:.4g}), "
-                    f"got {floor!r}"
-                )
-        if not 0 < min_derivative < 1:
-            raise ValueError(
-                f"SplineCoupling: min_derivative must be in (0, 1), got {min_derivative!r}"
-            )
+            # the bins' floors must leave room: floor * bins < 1
+            number(floor, name, where, minimum=0, maximum=1 / bins, open_high=True)
+        number(
+            min_derivative,
+            "min_derivative",
+            where,
+            minimum=0,
+            maximum=1,
+            open_low=True,
+            open_high=True,
+        )
         # Set before the template builds the conditioner, which reads it.
         self.params_per_feature = 3 * bins - 1
         super().__init__(num_features, hidden, cond_features, spatial_dims, subnet)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from hybridflow.arguments import positive_int
 from hybridflow.autograd.checks import check_finite
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
+from hybridflow.errors import InputError, InputTypeError
 
 __all__ = ["Squeeze"]
 
@@ -26,8 +28,7 @@ class Squeeze(InvertibleModule):
 
     def __init__(self, factor: int = 2) -> None:
         super().__init__()
-        if not isinstance(factor, int) or factor < 1:
-            raise ValueError(f"Squeeze: factor must be a positive int, got {factor!r}")
+        positive_int(factor, "factor", "Squeeze")
         self.factor = factor
 
     def extra_repr(self) -> str:
@@ -35,19 +36,19 @@ class Squeeze(InvertibleModule):
 
     def _check(self, x: Tensor, cond: Tensor | None, where: str) -> None:
         if not isinstance(x, Tensor):
-            raise TypeError(f"{where}: expected a torch.Tensor, got {type(x).__name__}")
+            raise InputTypeError(f"expected a torch.Tensor, got {type(x).__name__}", where=(where,))
         if x.dim() not in (3, 4, 5):
-            raise ValueError(
-                f"{where}: expected (B, C, L), (B, C, H, W) or (B, C, D, H, W), got shape "
-                f"{tuple(x.shape)}"
+            raise InputError(
+                f"expected (B, C, L), (B, C, H, W) or (B, C, D, H, W), got shape {tuple(x.shape)}",
+                where=(where,),
             )
 
     def squeeze(self, x: Tensor) -> Tensor:
         f, d = self.factor, x.dim() - 2
         b, c, *sizes = x.shape
         if any(s % f for s in sizes):
-            raise ValueError(
-                f"Squeeze: spatial sizes {tuple(sizes)} are not divisible by factor {f}"
+            raise InputError(
+                f"spatial sizes {tuple(sizes)} are not divisible by factor {f}", where=("Squeeze",)
             )
         split = [b, c]
         for s in sizes:
@@ -61,8 +62,9 @@ class Squeeze(InvertibleModule):
         f, d = self.factor, y.dim() - 2
         b, c, *sizes = y.shape
         if c % f**d:
-            raise ValueError(
-                f"Squeeze.inverse: {c} channels are not divisible by factor**{d} = {f**d}"
+            raise InputError(
+                f"{c} channels are not divisible by factor**{d} = {f**d}",
+                where=("Squeeze.inverse",),
             )
         y = y.reshape(b, c // f**d, *([f] * d), *sizes)
         # (B, C, f, ..., S1, ...) -> (B, C, S1, f, S2, f, ...)

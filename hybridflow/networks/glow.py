@@ -7,11 +7,13 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from hybridflow.arguments import integer, number, one_of, positive_int
 from hybridflow.autograd.chain import Chain, Mode
 from hybridflow.autograd.checks import check_finite, check_input
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
+from hybridflow.errors import InputError, InputTypeError
 from hybridflow.layers.actnorm import ActNorm
-from hybridflow.layers.conditioners import Subnet
+from hybridflow.layers.conditioners import Subnet, check_subnet
 from hybridflow.layers.conv1x1 import InvConv1x1
 from hybridflow.layers.coupling import AffineCoupling
 from hybridflow.layers.haar import HaarSqueeze
@@ -24,12 +26,6 @@ __all__ = ["Glow", "SqueezeKind"]
 SqueezeKind = Literal["pixel", "haar"]
 """How each scale halves the resolution: pixel shuffle (:class:`~hybridflow.layers.Squeeze`)
 or the orthonormal Haar transform (:class:`~hybridflow.layers.HaarSqueeze`)."""
-
-
-def _positive_int(name: str, value: object, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"Glow: {name} must be an int >= {minimum}, got {value!r}")
-    return value
 
 
 class Glow(InvertibleModule):
@@ -116,19 +112,17 @@ class Glow(InvertibleModule):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        self.in_channels = _positive_int("in_channels", in_channels)
-        self.levels = _positive_int("levels", levels)
-        self.depth = _positive_int("depth", depth)
-        self.hidden = _positive_int("hidden", hidden)
-        self.cond_channels = _positive_int("cond_channels", cond_channels, minimum=0)
-        if spatial_dims not in (1, 2, 3):
-            raise ValueError(f"Glow: spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
-        if mode not in get_args(Mode):
-            raise ValueError(f"Glow: mode must be one of {get_args(Mode)}, got {mode!r}")
-        if squeeze not in get_args(SqueezeKind):
-            raise ValueError(
-                f"Glow: squeeze must be one of {get_args(SqueezeKind)}, got {squeeze!r}"
-            )
+        self.in_channels = positive_int(in_channels, "in_channels", "Glow")
+        self.levels = positive_int(levels, "levels", "Glow")
+        self.depth = positive_int(depth, "depth", "Glow")
+        self.hidden = positive_int(hidden, "hidden", "Glow")
+        self.cond_channels = integer(cond_channels, "cond_channels", "Glow", minimum=0)
+        one_of(spatial_dims, "spatial_dims", "Glow", (1, 2, 3))
+        one_of(mode, "mode", "Glow", get_args(Mode))
+        one_of(squeeze, "squeeze", "Glow", get_args(SqueezeKind))
+        check_subnet(subnet, "Glow")
+        number(clamp, "clamp", "Glow", minimum=0, open_low=True)
+        integer(seed, "seed", "Glow", minimum=0, optional=True)
         self.spatial_dims = spatial_dims
         self.mode: Mode = mode
         self.squeeze_kind: SqueezeKind = squeeze
@@ -185,35 +179,40 @@ class Glow(InvertibleModule):
     # -- validation ------------------------------------------------------------------------
     def _check(self, x: Tensor, cond: object, where: str) -> Tensor | None:
         """Validate the input and the condition; return the condition the flow should see."""
-        check_input(x, where, self.in_channels, self.spatial_dims)
+        check_input(x, where, self.in_channels, self.spatial_dims, self)
         sizes = tuple(x.shape[2:])
         if any(s % 2**self.levels for s in sizes):
-            raise ValueError(
-                f"{where}: spatial sizes {sizes} must be divisible by 2**levels = {2**self.levels}"
+            raise InputError(
+                f"spatial sizes {sizes} must be divisible by 2**levels = {2**self.levels}",
+                where=(where,),
             )
         if not self.cond_channels:
             return None  # an unconditional module ignores the condition a chain passes it
         if cond is None:
-            raise ValueError(
-                f"{where}: missing condition; the flow was built with "
-                f"cond_channels={self.cond_channels}"
+            raise InputError(
+                f"missing condition; the flow was built with cond_channels={self.cond_channels}",
+                where=(where,),
             )
         if not isinstance(cond, Tensor):
-            raise TypeError(f"{where}: condition must be a torch.Tensor, got {type(cond).__name__}")
+            raise InputTypeError(
+                f"condition must be a torch.Tensor, got {type(cond).__name__}", where=(where,)
+            )
         if (
             cond.dim() not in (2, x.dim())
             or cond.shape[0] != x.shape[0]
             or cond.shape[1] != self.cond_channels
         ):
-            raise ValueError(
-                f"{where}: condition has shape {tuple(cond.shape)}, expected a vector "
+            raise InputError(
+                f"condition has shape {tuple(cond.shape)}, expected a vector "
                 f"(B={x.shape[0]}, {self.cond_channels}) or a field (B={x.shape[0]}, "
-                f"{self.cond_channels}, {', '.join(['*'] * self.spatial_dims)}) of any size"
+                f"{self.cond_channels}, {', '.join(['*'] * self.spatial_dims)}) of any size",
+                where=(where,),
             )
         if cond.dtype != x.dtype or cond.device != x.device:
-            raise TypeError(
-                f"{where}: condition is {cond.dtype} on {cond.device} but the input is "
-                f"{x.dtype} on {x.device}; move both to one dtype and device"
+            raise InputTypeError(
+                f"condition is {cond.dtype} on {cond.device} but the input is "
+                f"{x.dtype} on {x.device}; move both to one dtype and device",
+                where=(where,),
             )
         check_finite(cond, f"{where} (condition)")
         return cond
@@ -290,17 +289,19 @@ class Glow(InvertibleModule):
     def merge_latent(self, parts: list[Tensor]) -> Tensor:
         """The latent whose :meth:`split_latent` is ``parts`` (the inverse rearrangement)."""
         if not isinstance(parts, (list, tuple)) or len(parts) != self.levels:
-            raise ValueError(
-                f"Glow.merge_latent: expected a list of {self.levels} parts (one per scale), "
-                f"got {type(parts).__name__} of length {len(parts)}"
+            raise InputError(
+                f"expected a list of {self.levels} parts (one per scale), "
+                f"got {type(parts).__name__} of length {len(parts)}",
+                where=("Glow.merge_latent",),
             )
         squeeze = self._squeeze_layer()
         h = squeeze.unsqueeze(parts[-1])
         for part in reversed(parts[:-1]):
             if part.shape != h.shape:
-                raise ValueError(
-                    f"Glow.merge_latent: a part of shape {tuple(part.shape)} does not fit the "
-                    f"next coarser scale, which gives {tuple(h.shape)}"
+                raise InputError(
+                    f"a part of shape {tuple(part.shape)} does not fit the "
+                    f"next coarser scale, which gives {tuple(h.shape)}",
+                    where=("Glow.merge_latent",),
                 )
             h = squeeze.unsqueeze(torch.cat([h, part], dim=1))
         return h

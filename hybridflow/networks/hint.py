@@ -6,10 +6,11 @@ from typing import Literal, get_args
 
 from torch import Tensor
 
+from hybridflow.arguments import integer, number, one_of, positive_int
 from hybridflow.autograd.chain import Chain, Mode
 from hybridflow.autograd.checks import check_condition, check_input
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
-from hybridflow.layers.conditioners import Subnet
+from hybridflow.layers.conditioners import Subnet, check_subnet
 from hybridflow.layers.hint_coupling import HINTCoupling
 from hybridflow.layers.permutation import Permute, Reverse
 
@@ -83,20 +84,17 @@ class HINT(InvertibleModule):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_features, int) or num_features < 2:
-            raise ValueError(f"HINT: num_features must be an int >= 2, got {num_features!r}")
-        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-            raise ValueError(f"HINT: depth must be an int >= 1, got {depth!r}")
-        if not isinstance(cond_features, int) or cond_features < 0:
-            raise ValueError(f"HINT: cond_features must be an int >= 0, got {cond_features!r}")
-        if spatial_dims not in (0, 1, 2, 3):
-            raise ValueError(f"HINT: spatial_dims must be 0, 1, 2 or 3, got {spatial_dims!r}")
-        if mode not in get_args(Mode):
-            raise ValueError(f"HINT: mode must be one of {get_args(Mode)}, got {mode!r}")
-        if permutation not in get_args(PermutationKind):
-            raise ValueError(
-                f"HINT: permutation must be one of {get_args(PermutationKind)}, got {permutation!r}"
-            )
+        integer(num_features, "num_features", "HINT", minimum=2)
+        positive_int(depth, "depth", "HINT")
+        positive_int(recursion, "recursion", "HINT")
+        positive_int(hidden, "hidden", "HINT")
+        integer(cond_features, "cond_features", "HINT", minimum=0)
+        one_of(spatial_dims, "spatial_dims", "HINT", (0, 1, 2, 3))
+        one_of(mode, "mode", "HINT", get_args(Mode))
+        one_of(permutation, "permutation", "HINT", get_args(PermutationKind))
+        check_subnet(subnet, "HINT")
+        number(clamp, "clamp", "HINT", minimum=0, open_low=True)
+        integer(seed, "seed", "HINT", minimum=0, optional=True)
         self.num_features = num_features
         self.depth = depth
         self.cond_features = cond_features
@@ -127,7 +125,7 @@ class HINT(InvertibleModule):
         )
 
     def _check(self, x: Tensor, cond: Tensor | None, where: str) -> Tensor | None:
-        check_input(x, where, self.num_features, self.spatial_dims)
+        check_input(x, where, self.num_features, self.spatial_dims, self)
         check_condition(cond, x, where, self.cond_features)
         return cond if self.cond_features else None
 

@@ -10,6 +10,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from hybridflow.arguments import positive_int
 from hybridflow.sbi.task import Task
 
 __all__ = [
@@ -184,10 +185,7 @@ def simulate(
     """
     if not isinstance(task, Task):
         raise TypeError(f"simulate: task must be a Task, got {type(task).__name__}")
-    if not isinstance(num_simulations, int) or isinstance(num_simulations, bool):
-        raise TypeError(f"simulate: num_simulations must be an int, got {num_simulations!r}")
-    if num_simulations < 1:
-        raise ValueError(f"simulate: num_simulations must be >= 1, got {num_simulations}")
+    positive_int(num_simulations, "num_simulations", "simulate")
     generator = torch.Generator().manual_seed(seed)
     thetas, xs = [], []
     for start in range(0, num_simulations, chunk_size):

@@ -15,6 +15,7 @@ from torch.distributions import (
     Uniform,
 )
 
+from hybridflow.arguments import number
 from hybridflow.operators import Convolution, LinearOperator, Mask
 from hybridflow.sbi.task import Task
 
@@ -100,10 +101,8 @@ class DigitsInverseProblem(Task):
                 f"DigitsInverseProblem: kind must be one of {get_args(DigitsKind)}, got {kind!r}"
             )
         for name, value in (("noise_std", noise_std), ("blur_std", blur_std)):
-            if not isinstance(value, (int, float)) or not 0 < value < math.inf:
-                raise ValueError(f"DigitsInverseProblem: {name} must be positive, got {value!r}")
-        if not isinstance(keep, (int, float)) or not 0 < keep <= 1:
-            raise ValueError(f"DigitsInverseProblem: keep must be in (0, 1], got {keep!r}")
+            number(value, name, "DigitsInverseProblem", minimum=0, open_low=True)
+        number(keep, "keep", "DigitsInverseProblem", minimum=0, maximum=1, open_low=True)
         self.kind: DigitsKind = kind
         self.noise_std = float(noise_std)
         levels = load_digits().to(dtype).unsqueeze(1)  # (1797, 1, 8, 8)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
+from hybridflow.arguments import positive_int
 from hybridflow.operators import Identity, LinearOperator
 from hybridflow.sbi.task import Task
 
@@ -183,6 +184,5 @@ class GaussianLinear(LinearGaussian):
     name = "gaussian_linear"
 
     def __init__(self, dim: int = 10, dtype: torch.dtype = torch.float32) -> None:
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"GaussianLinear: dim must be a positive int, got {dim!r}")
+        positive_int(dim, "dim", "GaussianLinear")
         super().__init__(Identity((dim,)), math.sqrt(0.1), math.sqrt(0.1), dtype)

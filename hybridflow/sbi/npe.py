@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from hybridflow.arguments import boolean, one_of
 from hybridflow.autograd.drift import max_drift
 from hybridflow.errors import CheckpointMismatch, InputError
 from hybridflow.sbi.checkpoint import save_checkpoint
@@ -116,12 +117,9 @@ class NPEConfig:
         )
         check_number(w, "seed", self.seed, minimum=0, integer=True)
         check_number(w, "checkpoint_every", self.checkpoint_every, minimum=1, integer=True)
-        if self.schedule not in ("constant", "cosine", "plateau"):
-            raise ValueError(
-                f"{w}: schedule must be 'constant', 'cosine' or 'plateau', got {self.schedule!r}"
-            )
-        if self.nonfinite not in ("drop", "raise"):
-            raise ValueError(f"{w}: nonfinite must be 'drop' or 'raise', got {self.nonfinite!r}")
+        one_of(self.schedule, "schedule", w, ("constant", "cosine", "plateau"))
+        one_of(self.nonfinite, "nonfinite", w, ("drop", "raise"))
+        boolean(self.progress, "progress", w)
 
 
 class EpochRecord(NamedTuple):

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from hybridflow.arguments import positive_int
+
 __all__ = ["LeakageWarning", "sample_posterior"]
 
 
@@ -45,8 +47,7 @@ def sample_posterior(
     Returns:
         The samples, without gradients.
     """
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise ValueError(f"sample_posterior: num_samples must be an int >= 1, got {num_samples!r}")
+    positive_int(num_samples, "num_samples", "sample_posterior")
     with torch.no_grad():
         dist = flow(x_o)
         batch = tuple(dist.batch_shape)

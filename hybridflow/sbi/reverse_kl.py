@@ -11,6 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from hybridflow.arguments import boolean, one_of
 from hybridflow.autograd.drift import max_drift
 from hybridflow.sbi.checkpoint import save_checkpoint
 from hybridflow.sbi.task import Task
@@ -76,11 +77,9 @@ class ReverseKLConfig:
         )
         check_number(w, "seed", self.seed, minimum=0, integer=True)
         check_number(w, "checkpoint_every", self.checkpoint_every, minimum=1, integer=True)
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(
-                f"{w}: schedule must be 'constant' or 'cosine' (the loss is a noisy estimate, "
-                f"no plateau to watch), got {self.schedule!r}"
-            )
+        # no "plateau": the loss is a noisy estimate, with no plateau to watch
+        one_of(self.schedule, "schedule", w, ("constant", "cosine"))
+        boolean(self.progress, "progress", w)
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from hybridflow import arguments
 from hybridflow.errors import ArgumentError, CheckpointMismatch, FileFormatError
 from hybridflow.sbi.checkpoint import load_checkpoint
 from hybridflow.serialization import check_state_dict
@@ -51,22 +51,31 @@ def check_number(
     open_high: bool = False,
     optional: bool = False,
 ) -> None:
-    """Raise ``ValueError`` quoting ``value`` unless it is a finite number in range."""
-    if optional and value is None:
-        return
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and minimum is not None:
-        ok = value > minimum if open_low else value >= minimum
-    if ok and maximum is not None:
-        ok = value < maximum if open_high else value <= maximum
-    if not ok:
-        low = "" if minimum is None else f"{'>' if open_low else '>='} {minimum}"
-        high = "" if maximum is None else f"{'<' if open_high else '<='} {maximum}"
-        bounds = " and ".join(b for b in (low, high) if b)
-        what = "an int" if integer else "a number"
-        none = " or None" if optional else ""
-        raise ValueError(f"{where}: {name} must be {what} {bounds}{none}, got {value!r}")
+    """A config field's check (:func:`hybridflow.arguments.integer` or
+    :func:`~hybridflow.arguments.number`): raises ``ArgumentTypeError``/``ArgumentError``
+    naming the field unless ``value`` is a finite number (an int) in range."""
+    if integer:
+        if open_low or open_high:
+            raise AssertionError("integer ranges are closed")
+        arguments.integer(
+            value,
+            name,
+            where,
+            minimum=None if minimum is None else int(minimum),
+            maximum=None if maximum is None else int(maximum),
+            optional=optional,
+        )
+    else:
+        arguments.number(
+            value,
+            name,
+            where,
+            minimum=minimum,
+            maximum=maximum,
+            open_low=open_low,
+            open_high=open_high,
+            optional=optional,
+        )
 
 
 def build_scheduler(

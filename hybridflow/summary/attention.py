@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from hybridflow.arguments import boolean, integer, number
 from hybridflow.config import Configurable
+from hybridflow.errors import ArgumentError
 from hybridflow.summary.mlp import mlp_layers
 from hybridflow.summary.sets import as_padded_set
-from hybridflow.summary.validation import check_size
 
 __all__ = ["SetTransformer"]
 
@@ -88,17 +89,20 @@ class SetTransformer(nn.Module, Configurable):
     ) -> None:
         super().__init__()
         where = "SetTransformer"
-        self.in_features = check_size("in_features", in_features, 1, where)
-        self.out_features = check_size("out_features", out_features, 1, where)
-        check_size("hidden", hidden, 1, where)
-        check_size("heads", heads, 1, where)
-        check_size("blocks", blocks, 0, where)
-        check_size("seeds", seeds, 1, where)
+        self.in_features = integer(in_features, "in_features", where, minimum=1)
+        self.out_features = integer(out_features, "out_features", where, minimum=1)
+        integer(hidden, "hidden", where, minimum=1)
+        integer(heads, "heads", where, minimum=1)
+        integer(blocks, "blocks", where, minimum=0)
+        integer(seeds, "seeds", where, minimum=1)
         if hidden % heads:
-            raise ValueError(f"{where}: hidden={hidden} must be a multiple of heads={heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{where}: dropout must be in [0, 1), got {dropout!r}")
-        self.set_size = bool(set_size)
+            raise ArgumentError(
+                f"hidden={hidden} must be a multiple of heads={heads}",
+                argument="hidden",
+                where=(where,),
+            )
+        number(dropout, "dropout", where, minimum=0, maximum=1, open_high=True)
+        self.set_size = boolean(set_size, "set_size", where)
         self.embed = nn.Linear(in_features, hidden)
         self.blocks = nn.ModuleList(_AttentionBlock(hidden, heads, dropout) for _ in range(blocks))
         self.seeds = nn.Parameter(torch.randn(seeds, hidden) / hidden**0.5)

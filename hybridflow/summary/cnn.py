@@ -6,8 +6,9 @@ from typing import Literal, get_args
 
 from torch import Tensor, nn
 
+from hybridflow.arguments import integer, one_of
 from hybridflow.config import Configurable
-from hybridflow.summary.validation import check_size
+from hybridflow.errors import InputError, InputTypeError
 
 __all__ = ["CNN", "SummaryOutput"]
 
@@ -59,17 +60,13 @@ class CNN(nn.Module, Configurable):
         pool_size: int = 4,
     ) -> None:
         super().__init__()
-        self.in_channels = check_size("in_channels", in_channels, 1, "CNN")
-        self.out_features = check_size("out_features", out_features, 1, "CNN")
-        check_size("hidden", hidden, 1, "CNN")
-        check_size("depth", depth, 1, "CNN")
-        check_size("pool_size", pool_size, 1, "CNN")
-        if spatial_dims not in _CONV:
-            raise ValueError(f"CNN: spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
-        if output not in get_args(SummaryOutput):
-            raise ValueError(
-                f"CNN: output must be one of {get_args(SummaryOutput)}, got {output!r}"
-            )
+        self.in_channels = integer(in_channels, "in_channels", "CNN", minimum=1)
+        self.out_features = integer(out_features, "out_features", "CNN", minimum=1)
+        integer(hidden, "hidden", "CNN", minimum=1)
+        integer(depth, "depth", "CNN", minimum=1)
+        integer(pool_size, "pool_size", "CNN", minimum=1)
+        one_of(spatial_dims, "spatial_dims", "CNN", (1, 2, 3))
+        one_of(output, "output", "CNN", get_args(SummaryOutput))
         self.spatial_dims = spatial_dims
         self.output: SummaryOutput = output
         conv = _CONV[spatial_dims]
@@ -97,10 +94,11 @@ class CNN(nn.Module, Configurable):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_channels, *S)`` to ``(B, out_features)`` or ``(B, out_features, *S)``."""
         if not isinstance(x, Tensor):
-            raise TypeError(f"CNN: expected a tensor, got {type(x).__name__}")
+            raise InputTypeError(f"expected a tensor, got {type(x).__name__}", where=("CNN",))
         if x.dim() != 2 + self.spatial_dims or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"CNN: expected {_LAYOUT[self.spatial_dims]} with C={self.in_channels}, got "
-                f"shape {tuple(x.shape)}"
+            raise InputError(
+                f"expected {_LAYOUT[self.spatial_dims]} with C={self.in_channels}, got "
+                f"shape {tuple(x.shape)}",
+                where=("CNN",),
             )
         return self.head(self.features(x))

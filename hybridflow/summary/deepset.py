@@ -8,10 +8,10 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from hybridflow.arguments import boolean, integer, one_of
 from hybridflow.config import Configurable
 from hybridflow.summary.mlp import mlp_layers
 from hybridflow.summary.sets import as_padded_set
-from hybridflow.summary.validation import check_size
 
 __all__ = ["DeepSet", "Pooling"]
 
@@ -70,16 +70,13 @@ class DeepSet(nn.Module, Configurable):
         set_size: bool = True,
     ) -> None:
         super().__init__()
-        self.in_features = check_size("in_features", in_features, 1, "DeepSet")
-        self.out_features = check_size("out_features", out_features, 1, "DeepSet")
-        check_size("hidden", hidden, 1, "DeepSet")
-        check_size("depth", depth, 0, "DeepSet")
-        if pooling not in get_args(Pooling):
-            raise ValueError(
-                f"DeepSet: pooling must be one of {get_args(Pooling)}, got {pooling!r}"
-            )
+        self.in_features = integer(in_features, "in_features", "DeepSet", minimum=1)
+        self.out_features = integer(out_features, "out_features", "DeepSet", minimum=1)
+        integer(hidden, "hidden", "DeepSet", minimum=1)
+        integer(depth, "depth", "DeepSet", minimum=0)
+        one_of(pooling, "pooling", "DeepSet", get_args(Pooling))
         self.pooling: Pooling = pooling
-        self.set_size = bool(set_size)
+        self.set_size = boolean(set_size, "set_size", "DeepSet")
         self.phi = mlp_layers(in_features, hidden, hidden, depth)
         self.rho = mlp_layers(hidden + int(self.set_size), out_features, hidden, depth)
 

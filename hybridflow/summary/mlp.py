@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from hybridflow.arguments import integer
 from hybridflow.config import Configurable
-from hybridflow.summary.validation import check_size
+from hybridflow.errors import InputError, InputTypeError
 
 __all__ = ["MLP", "mlp_layers"]
 
@@ -55,12 +56,14 @@ class MLP(nn.Module, Configurable):
         depth: int = 2,
     ) -> None:
         super().__init__()
-        if not isinstance(in_features, int):
-            in_features = math.prod(check_size("in_features", s, 1, "MLP") for s in in_features)
-        self.in_features = check_size("in_features", in_features, 1, "MLP")
-        self.out_features = check_size("out_features", out_features, 1, "MLP")
-        check_size("hidden", hidden, 1, "MLP")
-        check_size("depth", depth, 0, "MLP")
+        if isinstance(in_features, Sequence) and not isinstance(in_features, str):
+            in_features = math.prod(
+                integer(s, "in_features", "MLP", minimum=1) for s in in_features
+            )
+        self.in_features = integer(in_features, "in_features", "MLP", minimum=1)
+        self.out_features = integer(out_features, "out_features", "MLP", minimum=1)
+        integer(hidden, "hidden", "MLP", minimum=1)
+        integer(depth, "depth", "MLP", minimum=0)
         self.net = mlp_layers(self.in_features, self.out_features, hidden, depth)
 
     def extra_repr(self) -> str:
@@ -69,10 +72,11 @@ class MLP(nn.Module, Configurable):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, *shape) -> (B, out_features)``; ``prod(shape)`` must equal ``in_features``."""
         if not isinstance(x, Tensor):
-            raise TypeError(f"MLP: expected a tensor, got {type(x).__name__}")
+            raise InputTypeError(f"expected a tensor, got {type(x).__name__}", where=("MLP",))
         if x.dim() < 2 or x[0].numel() != self.in_features:
-            raise ValueError(
-                f"MLP: expected a batch (B, ...) of {self.in_features} entries per observation, "
-                f"got shape {tuple(x.shape)}"
+            raise InputError(
+                f"expected a batch (B, ...) of {self.in_features} entries per observation, "
+                f"got shape {tuple(x.shape)}",
+                where=("MLP",),
             )
         return self.net(x.flatten(1))

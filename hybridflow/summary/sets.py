@@ -7,6 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from hybridflow.autograd.checks import check_finite
+from hybridflow.errors import InputError, InputTypeError
+
 __all__ = ["as_padded_set", "pad_sets"]
 
 
@@ -29,18 +32,20 @@ def pad_sets(sets: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         ((2, 2, 3), [[True, True], [True, False]])
     """
     if isinstance(sets, Tensor) or not isinstance(sets, Sequence) or len(sets) == 0:
-        raise ValueError(
-            f"pad_sets: expected a non-empty list of (N_b, D) tensors, got {type(sets).__name__}"
+        raise InputError(
+            f"expected a non-empty list of (N_b, D) tensors, got {type(sets).__name__}",
+            where=("pad_sets",),
         )
     first = sets[0]
     for b, s in enumerate(sets):
         if not isinstance(s, Tensor) or s.dim() != 2:
             got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
-            raise ValueError(f"pad_sets: set {b} must be a tensor (N_b, D), got {got}")
+            raise InputError(f"set {b} must be a tensor (N_b, D), got {got}", where=("pad_sets",))
         if s.shape[1] != first.shape[1] or s.dtype != first.dtype or s.device != first.device:
-            raise ValueError(
-                f"pad_sets: set {b} has shape {tuple(s.shape)}, {s.dtype} on {s.device}; set 0 "
-                f"has {tuple(first.shape)}, {first.dtype} on {first.device}"
+            raise InputError(
+                f"set {b} has shape {tuple(s.shape)}, {s.dtype} on {s.device}; set 0 "
+                f"has {tuple(first.shape)}, {first.dtype} on {first.device}",
+                where=("pad_sets",),
             )
     size = max(s.shape[0] for s in sets)
     x = first.new_zeros(len(sets), size, first.shape[1])
@@ -69,26 +74,30 @@ def as_padded_set(
     """
     if isinstance(x, (list, tuple)):
         if mask is not None:
-            raise ValueError(f"{where}: give a mask with a padded tensor, not with a list of sets")
+            raise InputError(
+                "give a mask with a padded tensor, not with a list of sets", where=(where,)
+            )
         x, mask = pad_sets(x)
     if not isinstance(x, Tensor):
-        raise TypeError(
-            f"{where}: expected a tensor (B, N, D) or a list of (N_b, D) tensors, got "
-            f"{type(x).__name__}"
+        raise InputTypeError(
+            f"expected a tensor (B, N, D) or a list of (N_b, D) tensors, got {type(x).__name__}",
+            where=(where,),
         )
     if x.dim() != 3 or x.shape[2] != in_features:
-        raise ValueError(
-            f"{where}: expected a set batch (B, N, {in_features}), got shape {tuple(x.shape)}"
+        raise InputError(
+            f"expected a set batch (B, N, {in_features}), got shape {tuple(x.shape)}",
+            where=(where,),
         )
     if mask is None:
         mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != x.shape[:2]:
         got = f"{tuple(mask.shape)} {mask.dtype}" if isinstance(mask, Tensor) else type(mask)
-        raise ValueError(f"{where}: mask must be a bool tensor {tuple(x.shape[:2])}, got {got}")
+        raise InputError(
+            f"mask must be a bool tensor {tuple(x.shape[:2])}, got {got}", where=(where,)
+        )
     if x.shape[1] == 0:  # no element at all: one masked-out slot keeps reductions defined
         x = x.new_zeros(x.shape[0], 1, x.shape[2])
         mask = mask.new_zeros(x.shape[0], 1)
     x = torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype, device=x.device))
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{where}: the set has NaN/Inf values in elements the mask keeps")
+    check_finite(x, where, what="the set (in elements the mask keeps)", fix="repair or drop them")
     return x, mask

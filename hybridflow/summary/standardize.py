@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from hybridflow.arguments import number
+from hybridflow.errors import ArgumentError, ArgumentTypeError, InputError
+
 __all__ = ["Standardize"]
 
 
@@ -33,14 +36,18 @@ class Standardize(nn.Module):
 
     def __init__(self, mean: Tensor, std: Tensor, eps: float = 1e-8) -> None:
         super().__init__()
+        where = ("Standardize",)
         if not isinstance(mean, Tensor) or not isinstance(std, Tensor):
-            raise TypeError("Standardize: mean and std must be tensors")
+            raise ArgumentTypeError("mean and std must be tensors", argument="mean", where=where)
         if mean.shape != std.shape:
-            raise ValueError(
-                f"Standardize: mean {tuple(mean.shape)} and std {tuple(std.shape)} differ in shape"
+            raise ArgumentError(
+                f"mean {tuple(mean.shape)} and std {tuple(std.shape)} differ in shape",
+                argument="std",
+                where=where,
             )
         if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
-            raise ValueError("Standardize: mean and std must be finite")
+            raise ArgumentError("mean and std must be finite", argument="mean", where=where)
+        number(eps, "eps", "Standardize", minimum=0, open_low=True)
         self.register_buffer("mean", mean.detach().clone())
         self.register_buffer("std", std.detach().clamp_min(eps).clone())
 
@@ -49,9 +56,11 @@ class Standardize(nn.Module):
         """Fit :math:`\\mu, \\sigma` per entry on a batch ``(N, *shape)``, ``N >= 2``."""
         if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] < 2:
             got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"Standardize.from_data: expected a batch (N >= 2, ...), got {got}")
+            raise InputError(
+                f"expected a batch (N >= 2, ...), got {got}", where=("Standardize.from_data",)
+            )
         if not torch.isfinite(x).all():
-            raise ValueError("Standardize.from_data: the data have NaN/Inf values")
+            raise InputError("Standardize.from_data: the data have NaN/Inf values")
         return cls(x.mean(0), x.std(0), eps)
 
     def forward(self, x: Tensor) -> Tensor:
