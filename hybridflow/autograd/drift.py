@@ -39,9 +39,9 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from hybridflow.arguments import integer, number, one_of
 from hybridflow.autograd.fingerprint import fingerprint as fingerprint_of
 from hybridflow.autograd.fingerprint import relative_error
-from hybridflow.arguments import integer, number, one_of
 from hybridflow.errors import DriftWarning, ReconstructionError
 
 __all__ = [
