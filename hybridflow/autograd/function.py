@@ -10,6 +10,7 @@ from torch import Tensor
 from hybridflow.autograd.drift import DriftGuard, PassRecord, recording
 from hybridflow.autograd.module import Reconstruction
 from hybridflow.autograd.replay import ReplayState
+from hybridflow.autograd.validation import data_checks
 from hybridflow.autograd.versions import Versions
 from hybridflow.errors import ModifiedError, ReconstructionError
 
@@ -34,7 +35,8 @@ class ReconstructingFunction(torch.autograd.Function):
     rebuilds its input from its output and returns the input, condition and parameter
     gradients (:meth:`~hybridflow.InvertibleModule.reconstruct_vjp`), the guard measures the
     rebuilt inputs against their fingerprints, and non-finite rebuilt values raise
-    :class:`~hybridflow.errors.ReconstructionError`. The chain's parameters are inputs of this
+    :class:`~hybridflow.errors.ReconstructionError` (unless the forward pass ran with
+    validation off: ``validate=False``, under ``torch.compile``). The chain's parameters are inputs of this
     Function, so their gradients reach autograd as ordinary leaf gradients.
 
     Double backward is not supported: a backward asked to build a graph of the gradient
@@ -65,6 +67,7 @@ class ReconstructingFunction(torch.autograd.Function):
         ctx.record = record
         ctx.versions = Versions(chain, params)
         ctx.has_cond = cond is not None
+        ctx.check_finite = data_checks(chain.validate)  # the forward's validation setting
         keys, extra = record.saved() if record is not None else ([], [])
         ctx.record_keys = keys
         ctx.save_for_backward(y, *([cond] if cond is not None else []), *extra)
@@ -95,7 +98,8 @@ class ReconstructingFunction(torch.autograd.Function):
             )
         if record is not None and record.fingerprints:
             chain._drift_guard.conclude(record, y.dtype, where)
-        check_finite_result(result, y, grad_y, grad_logdet, chain._drift_guard, where)
+        if ctx.check_finite:
+            check_finite_result(result, y, grad_y, grad_logdet, chain._drift_guard, where)
         grad_x = result.grad_input if ctx.needs_input_grad[_X] else None
         grad_params = tuple(
             g if needed else None

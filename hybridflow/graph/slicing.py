@@ -29,6 +29,7 @@ from hybridflow.autograd.drift import recording, rows
 from hybridflow.autograd.function import check_finite_result, unpack_saved
 from hybridflow.autograd.module import InvertibleModule
 from hybridflow.autograd.replay import ReplayState
+from hybridflow.autograd.validation import data_checks
 from hybridflow.autograd.versions import Versions
 
 __all__ = ["SlicedInvert", "run_sliced"]
@@ -80,6 +81,7 @@ class SlicedInvert(torch.autograd.Function):
         ctx.rng = rng.numpy().tobytes()  # the generator's state, kept as plain bytes
         ctx.replay = ReplayState.capture(x.device, False)  # autocast settings only
         ctx.has_cond = cond is not None
+        ctx.check_finite = data_checks(chain.validate)  # the forward's validation setting
         ctx.versions = Versions(chain, params)
         ctx.record = record
         keys, extra = record.saved() if record is not None else ([], [])
@@ -115,7 +117,8 @@ class SlicedInvert(torch.autograd.Function):
             result = chain.reconstruct_vjp(y, grad_y, grad_logdet, cond)
         if record is not None and record.fingerprints:
             chain._drift_guard.conclude(record, y.dtype, where)
-        check_finite_result(result, y, grad_y, grad_logdet, chain._drift_guard, where)
+        if ctx.check_finite:
+            check_finite_result(result, y, grad_y, grad_logdet, chain._drift_guard, where)
         grad_x = result.grad_input if ctx.needs_input_grad[_X] else None
         grad_params = tuple(
             g if needed else None
