@@ -4,7 +4,14 @@ import importlib
 from typing import Any
 
 from hybridflow import distributions, errors, graph, layers, networks, operators, summary, testing
-from hybridflow.autograd import Chain, InvertibleModule, Mode, Reconstruction, set_validation
+from hybridflow.autograd import (
+    Chain,
+    DriftReport,
+    InvertibleModule,
+    Mode,
+    Reconstruction,
+    set_validation,
+)
 from hybridflow.distributions import ConditionalFlow, Flow
 from hybridflow.errors import (
     ArgumentError,
@@ -29,6 +36,7 @@ __all__ = [
     "Chain",
     "CheckpointMismatch",
     "ConditionalFlow",
+    "DriftReport",
     "DriftWarning",
     "FileFormatError",
     "Flow",
