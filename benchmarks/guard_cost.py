@@ -4,7 +4,8 @@ A Glow-like training step (``common.GlowLike``: squeeze, then ActNorm -> InvConv
 AffineCoupling steps, Gaussian NLL, Adam) in invert mode with the guard off
 (``drift_every=0``), at its default (the first call and one in 16 checked) and checking every
 call (``drift_every=1``). Time: median per configuration over interleaved rounds in one
-process, as ratios to the guard-off step. Memory: one fresh process per configuration (glibc
+process (CPU time of the one thread, steadier than wall time on a shared machine), as ratios
+to the guard-off step. Memory: one fresh process per configuration (glibc
 thresholds pinned, ``VmHWM`` over one checked step), and the exact bytes the guard keeps for
 backward (saved-tensor hooks), against one activation.
 
@@ -49,6 +50,8 @@ def step(model: GlowLike, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> 
 
 
 def times(size: int, depth: int, hidden: int, batch: int, rounds: int) -> dict[str, float]:
+    """Median CPU seconds (``time.process_time``: with one thread, what other processes on a
+    shared machine do barely shows) per step and configuration, over interleaved rounds."""
     x = torch.randn(batch, 3, size, size)
     models = {c: make(c, size, depth, hidden) for c in CONFIGS}
     optimizers = {c: torch.optim.Adam(m.parameters(), lr=1e-5) for c, m in models.items()}
@@ -57,9 +60,9 @@ def times(size: int, depth: int, hidden: int, batch: int, rounds: int) -> dict[s
         step(models[c], optimizers[c], x)
     for _ in range(rounds):
         for c in CONFIGS:
-            start = time.perf_counter()
+            start = time.process_time()
             step(models[c], optimizers[c], x)
-            samples[c].append(time.perf_counter() - start)
+            samples[c].append(time.process_time() - start)
     return {c: statistics.median(v) for c, v in samples.items()}
 
 
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ]
     print(f"{args.size}x{args.size}, depth {args.depth} ({layers} layers), batch {args.batch}")
     for row in rows:
-        print(f"  {row['config']:>10}: {row['seconds'] * 1e3:8.1f} ms  ({row['ratio']:.3f}x off)")
+        print(f"  {row['config']:>10}: {row['seconds'] * 1e3:8.1f} ms CPU ({row['ratio']:.3f}x off)")
     print(
         f"  guard keeps {guard_bytes} bytes for backward = {guard_bytes / layers:.0f} per layer "
         f"= {guard_bytes / layers / activation:.3%} of one activation ({activation} bytes)"

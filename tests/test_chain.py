@@ -242,8 +242,9 @@ def test_drift_guard_keeps_nine_numbers_per_sample_and_layer():
     bare = _saved_bytes(glow_chain(3, 4, "invert", squeeze=True, drift_every=0), x)
     layers = {d: 1 + 3 * d for d in (4, 32)}  # squeeze + (ActNorm, InvConv1x1, coupling) steps
     per_layer = x.shape[0] * 9 * x.element_size()
-    assert guarded[4] == bare + layers[4] * per_layer
-    assert guarded[32] == bare + layers[32] * per_layer
+    for depth in (4, 32):  # kept in chunks of 8, 16, 32, 64 layers: at most twice, plus 8
+        extra = guarded[depth] - bare
+        assert layers[depth] * per_layer <= extra <= (2 * layers[depth] + 8) * per_layer
 
 
 class _NoisyCoupling(AffineCoupling):
