@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--deep-depths", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument(
-        "--coupling-std-deep", type=float, default=0.15, help="--deep: last-layer std"
+        "--coupling-std-deep", type=float, default=0.05, help="--deep: last-layer std"
     )
     args = parser.parse_args(argv)
     if args.deep:
