@@ -32,6 +32,7 @@ import torch
 
 from hybridflow.cli.errors import UsageError
 from hybridflow.distributions import ConditionalFlow, coupling_flow
+from hybridflow.layers import SPLINE_BOUND
 from hybridflow.networks import Glow
 from hybridflow.sbi import (
     SLCP,
@@ -71,7 +72,7 @@ _SIMULATIONS = {"count": 10_000, "seed": 0}
 _FLOW_COMMON = {"mode": "invert", "depth": 4, "hidden": 64, "seed": 0}
 _FLOW = {
     "glow": {**_FLOW_COMMON, "levels": 2, "squeeze": "pixel", "clamp": 2.0},
-    "coupling": {**_FLOW_COMMON, "coupling": "affine", "bins": 8, "bound": 4.0},
+    "coupling": {**_FLOW_COMMON, "coupling": "spline", "bins": 8, "bound": SPLINE_BOUND},
 }
 _SUMMARY = {
     "cnn": {"features": 8, "hidden": 32, "depth": 3, "output": None, "pool_size": 4},

@@ -7,9 +7,10 @@ from typing import Literal, get_args
 from hybridflow.autograd.chain import Chain, Mode
 from hybridflow.autograd.module import InvertibleModule
 from hybridflow.layers.actnorm import ActNorm
+from hybridflow.layers.conditional_elementwise import ConditionalAffine, ConditionalSpline
 from hybridflow.layers.conv1x1 import InvConv1x1
 from hybridflow.layers.coupling import AffineCoupling
-from hybridflow.layers.spline_coupling import SplineCoupling
+from hybridflow.layers.spline_coupling import SPLINE_BOUND, SplineCoupling
 
 __all__ = ["CouplingKind", "coupling_flow"]
 
@@ -24,9 +25,9 @@ def coupling_flow(
     *,
     depth: int = 4,
     hidden: int = 64,
-    coupling: CouplingKind = "affine",
+    coupling: CouplingKind = "spline",
     bins: int = 8,
-    bound: float = 4.0,
+    bound: float = SPLINE_BOUND,
     mode: Mode = "invert",
     seed: int | None = 0,
 ) -> Chain:
@@ -36,19 +37,27 @@ def coupling_flow(
 
     ActNorm's data-dependent initialisation standardises the parameters from the first
     training batch; the learned 1x1 convolution (a dense invertible ``features x features``
-    matrix) mixes the entries between couplings so that every entry is transformed. The
-    couplings start as the identity, so an untrained flow is the base distribution pushed
-    through the ActNorm layers.
+    matrix) mixes the entries between couplings so that every entry is transformed (odd ``D``
+    splits into ``D // 2`` pass-through and ``D - D // 2`` transformed entries). The couplings
+    start as the identity, so an untrained flow is the base distribution pushed through the
+    ActNorm layers.
+
+    **One parameter.** With ``features=1`` there is nothing to couple: each step is ActNorm
+    -> :class:`~hybridflow.layers.ConditionalSpline` (or
+    :class:`~hybridflow.layers.ConditionalAffine`), an elementwise map whose parameters come
+    from the condition alone (learned constants without one).
 
     Args:
-        features: size ``D`` of a parameter vector, at least 2.
+        features: size ``D`` of a parameter vector, at least 1.
         cond_features: size of the condition (summary output); 0 for an unconditional flow.
         depth: number of steps.
         hidden: width of the couplings' conditioners.
-        coupling: ``"affine"`` or ``"spline"`` (see :data:`CouplingKind`).
+        coupling: ``"spline"`` (the default, as in every example) or ``"affine"`` (see
+            :data:`CouplingKind`).
         bins: spline bins (``"spline"`` only).
         bound: the spline's interval :math:`[-B, B]` in standardised units (identity
-            outside); ``"spline"`` only.
+            outside; default :data:`~hybridflow.layers.SPLINE_BOUND`, shared with
+            :class:`~hybridflow.layers.SplineCoupling`); ``"spline"`` only.
         mode: ``"invert"`` (memory flat in depth) or ``"store"`` (plain autograd).
         seed: seed of the 1x1 convolutions' initial rotations (``None``: the global RNG).
 
@@ -66,7 +75,7 @@ def coupling_flow(
     References:
         Kingma & Dhariwal, "Glow", 2018; Durkan et al., "Neural Spline Flows", 2019.
     """
-    for name, value, minimum in (("features", features, 2), ("depth", depth, 1)):
+    for name, value, minimum in (("features", features, 1), ("depth", depth, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             raise ValueError(f"coupling_flow: {name} must be an int >= {minimum}, got {value!r}")
     if not isinstance(cond_features, int) or cond_features < 0:
@@ -77,8 +86,17 @@ def coupling_flow(
         )
     layers: list[InvertibleModule] = []
     for step in range(depth):
+        block: InvertibleModule
+        if features == 1:
+            block = (
+                ConditionalAffine(1, cond_features, hidden)
+                if coupling == "affine"
+                else ConditionalSpline(1, cond_features, hidden, bins=bins, bound=bound)
+            )
+            layers += [ActNorm(1), block]
+            continue
         if coupling == "affine":
-            block: InvertibleModule = AffineCoupling(features, hidden, cond_features)
+            block = AffineCoupling(features, hidden, cond_features)
         else:
             block = SplineCoupling(features, hidden, cond_features, bins=bins, bound=bound)
         layers += [

@@ -195,6 +195,13 @@ class ConditionalFlow(nn.Module, Configurable):
             )
         shape = self.observation_shape
         if shape is None:
+            if x.dim() < 2 and self.summary is None:
+                raise ValueError(
+                    f"ConditionalFlow: an observation of shape {tuple(x.shape)} is no batch "
+                    "(B, ...), and without observation_shape one unbatched observation cannot "
+                    "be told from a batch; build the flow with "
+                    f"ConditionalFlow(..., observation_shape={tuple(x.shape)}) or pass x[None]"
+                )
             return x, True
         if _matches(tuple(x.shape), shape):
             return x.unsqueeze(0), False
@@ -220,7 +227,8 @@ class ConditionalFlow(nn.Module, Configurable):
             got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
             raise ValueError(
                 f"ConditionalFlow: the condition must be a tensor (B, ...) with at least two "
-                f"dimensions, got {got}"
+                f"dimensions, got {got}; for one unbatched observation build the flow with "
+                "observation_shape=<shape of one observation> (or pass x[None])"
             )
         if not torch.isfinite(cond).all():
             raise ValueError(

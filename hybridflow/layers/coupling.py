@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from hybridflow.autograd.checks import check_condition, check_finite, check_input
 from hybridflow.autograd.module import InvertibleModule, Reconstruction, vjp_wrt
-from hybridflow.layers.conditioners import Subnet, default_conditioner
+from hybridflow.layers.conditioners import ConstantConditioner, Subnet, default_conditioner
 
 __all__ = ["AffineCoupling", "CouplingLayer"]
 
@@ -36,6 +38,9 @@ class CouplingLayer(InvertibleModule):
     """
 
     params_per_feature: int = 1
+    passes_half: ClassVar[bool] = True
+    """``False`` for the elementwise conditional variants: every feature is transformed and
+    the conditioner sees the condition alone (the pass-through half is empty)."""
 
     def __init__(
         self,
@@ -47,8 +52,18 @@ class CouplingLayer(InvertibleModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        if num_features < 2:
-            raise ValueError(f"{name}: num_features must be at least 2, got {num_features}")
+        minimum = 2 if self.passes_half else 1
+        if not isinstance(num_features, int) or isinstance(num_features, bool):
+            raise TypeError(f"{name}: num_features must be an int, got {num_features!r}")
+        if num_features < minimum:
+            raise ValueError(
+                f"{name}: num_features must be at least {minimum}, got {num_features}"
+                + (
+                    "; for one feature use ConditionalSpline or ConditionalAffine"
+                    if minimum == 2
+                    else ""
+                )
+            )
         if cond_features < 0:
             raise ValueError(f"{name}: cond_features must be >= 0, got {cond_features}")
         if spatial_dims not in (0, 1, 2, 3):
@@ -56,14 +71,15 @@ class CouplingLayer(InvertibleModule):
         self.num_features = num_features
         self.cond_features = cond_features
         self.spatial_dims = spatial_dims
-        self.split_size = num_features // 2
+        self.split_size = num_features // 2 if self.passes_half else 0
         in_features = self.split_size + cond_features
         out_features = (num_features - self.split_size) * self.params_per_feature
-        self.conditioner = (
-            subnet(in_features, out_features)
-            if subnet is not None
-            else default_conditioner(in_features, out_features, hidden, spatial_dims)
-        )
+        if subnet is not None:
+            self.conditioner = subnet(in_features, out_features)
+        elif in_features == 0:
+            self.conditioner = ConstantConditioner(out_features, spatial_dims)
+        else:
+            self.conditioner = default_conditioner(in_features, out_features, hidden, spatial_dims)
 
     @property
     def takes_condition(self) -> bool:
