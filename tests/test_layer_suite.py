@@ -27,6 +27,7 @@ from hybridflow.layers import (
     AdditiveCoupling,
     Affine,
     AffineCoupling,
+    Bounded,
     ConditionalAffine,
     ConditionalSpline,
     HaarSqueeze,
@@ -145,6 +146,18 @@ def _coupling(cls, features: int = 4, **kw):
     )
 
 
+INF = math.inf
+BOUNDS = ([-1.0, 0.0, -INF, -INF], [2.0, INF, 1.0, INF])  # a box, a lower, an upper, none
+
+
+def inside_bounds(shape: tuple[int, ...]) -> Tensor:
+    """Points well inside :data:`BOUNDS`, where finite differences stay in the support."""
+    u = 0.1 + 0.8 * torch.rand(shape)
+    return torch.stack(
+        [-1 + 3 * u[:, 0], 0.2 + u[:, 1], 0.8 - u[:, 2], torch.randn(shape[0])], dim=1
+    )
+
+
 def _elementwise(cls, features: int, **kw):
     """A conditional elementwise layer; its smooth conditioner sees the condition alone."""
     return lambda d, c: cls(
@@ -202,6 +215,7 @@ CASES: list[Case] = [
         scale=2,
     ),
     *cases("ConditionalAffine", _elementwise(ConditionalAffine, 1), 1, conds=ALL_CONDS),
+    *cases("Bounded", lambda d, c: Bounded(*BOUNDS), 4, (0,), sample=inside_bounds),
     *cases("HINTCoupling-r3", _coupling(HINTCoupling, 7, depth=3), 7, (0,), ("none", "vector")),
     *cases("Split", _split, 3, FIELDS, ("none", "field")),
     *cases(

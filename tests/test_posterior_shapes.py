@@ -73,4 +73,4 @@ def test_cli_trains_and_samples_a_one_parameter_task(tmp_path, capsys) -> None:
     assert model.is_file()
     args = ["sample", "--model", str(model), "--out", str(tmp_path / "s.pt"), "--num", "50"]
     assert main(args) == 0
-    capsys.readouterr()
+    assert "samples inside the prior's support: 100.0%" in capsys.readouterr().out

@@ -7,7 +7,8 @@ A recipe is a dict of sections, read from TOML (or YAML where PyYAML is installe
                     gaussian_linear: dim)
     [simulations]   count, seed
     [flow]          kind = "glow" (image parameters) | "coupling" (vectors), mode, depth,
-                    hidden, seed; glow: levels, squeeze, clamp; coupling: coupling, bins, bound
+                    hidden, seed; glow: levels, squeeze, clamp; coupling: coupling, bins, bound,
+                    support ("prior": the flow's mass stays inside a bounded prior; "real")
     [summary]       kind = "cnn" | "mlp" | "none", features; cnn: hidden, depth, output,
                     pool_size; mlp: hidden, depth
     [training]      the fields of hybridflow.sbi.NPEConfig (false for "none" in patience and
@@ -72,7 +73,13 @@ _SIMULATIONS = {"count": 10_000, "seed": 0}
 _FLOW_COMMON = {"mode": "invert", "depth": 4, "hidden": 64, "seed": 0}
 _FLOW = {
     "glow": {**_FLOW_COMMON, "levels": 2, "squeeze": "pixel", "clamp": 2.0},
-    "coupling": {**_FLOW_COMMON, "coupling": "spline", "bins": 8, "bound": SPLINE_BOUND},
+    "coupling": {
+        **_FLOW_COMMON,
+        "coupling": "spline",
+        "bins": 8,
+        "bound": SPLINE_BOUND,
+        "support": "prior",
+    },
 }
 _SUMMARY = {
     "cnn": {"features": 8, "hidden": 32, "depth": 3, "output": None, "pool_size": 4},
@@ -191,6 +198,8 @@ def check_recipe(data: Any, source: str = "recipe") -> dict[str, Any]:
         )
     flow = {"kind": flow_kind, **_fill(flow_section, _FLOW[flow_kind], source, "flow", ("kind",))}
     _check_sizes(flow, _FLOW_SIZES, source, "flow")
+    if flow_kind == "coupling":
+        _choice(flow["support"], ["prior", "real"], source, "flow", "support")
 
     summary_section = data.get("summary", {})
     summary_kind = _choice(
@@ -357,6 +366,7 @@ def build_flow(recipe: dict[str, Any], task: Task) -> ConditionalFlow:
                     bound=flow["bound"],
                     mode=flow["mode"],
                     seed=flow["seed"],
+                    support=task.prior if flow["support"] == "prior" else None,
                 )
         except (TypeError, ValueError) as error:
             if isinstance(error, UsageError):

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     """Read the model and the observations, check the outputs, sample, write."""
     flow, metadata = load_flow(args.model)
-    truth, missing = None, None
+    truth, missing, task = None, None, None
     if args.observations is not None:
         observations = read_observations(args.observations)
         shape = flow.observation_shape
@@ -163,6 +163,11 @@ def _run(args: argparse.Namespace) -> int:
     }
     if truth is not None:
         result["truth"] = truth
+    if task is not None and samples.dim() == 3:
+        inside = task.prior.support.check(samples).reshape(*samples.shape[:2], -1).all(-1)
+        result["inside_prior"] = inside.double().mean(0)
+        rates = ", ".join(f"{float(r):.1%}" for r in result["inside_prior"])
+        print(f"samples inside the prior's support: {rates}")
     atomic_torch_save(result, args.out)
     print(
         f"wrote {args.out}: samples {tuple(samples.shape)} for {observations.shape[0]} "

@@ -4,6 +4,7 @@ from hybridflow.distributions.base import FixedDistribution, StandardNormal
 from hybridflow.distributions.builders import CouplingKind, coupling_flow
 from hybridflow.distributions.distribution import FlowDistribution
 from hybridflow.distributions.flows import ConditionalFlow, Flow
+from hybridflow.distributions.support import Support, support_bounds
 
 __all__ = [
     "ConditionalFlow",
@@ -12,5 +13,7 @@ __all__ = [
     "Flow",
     "FlowDistribution",
     "StandardNormal",
+    "Support",
     "coupling_flow",
+    "support_bounds",
 ]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal, get_args
 
 from hybridflow.autograd.chain import Chain, Mode
 from hybridflow.autograd.module import InvertibleModule
+from hybridflow.distributions.support import Support, support_bounds
 from hybridflow.layers.actnorm import ActNorm
 from hybridflow.layers.conditional_elementwise import ConditionalAffine, ConditionalSpline
 from hybridflow.layers.conv1x1 import InvConv1x1
 from hybridflow.layers.coupling import AffineCoupling
 from hybridflow.layers.spline_coupling import SPLINE_BOUND, SplineCoupling
+from hybridflow.layers.support import Bounded
 
 __all__ = ["CouplingKind", "coupling_flow"]
 
@@ -30,6 +33,7 @@ def coupling_flow(
     bound: float = SPLINE_BOUND,
     mode: Mode = "invert",
     seed: int | None = 0,
+    support: Support | None = None,
 ) -> Chain:
     r"""A normalizing transform for vectors ``(B, features)``: ``depth`` steps of
     :class:`~hybridflow.layers.ActNorm` -> :class:`~hybridflow.layers.InvConv1x1` ->
@@ -47,6 +51,11 @@ def coupling_flow(
     :class:`~hybridflow.layers.ConditionalAffine`), an elementwise map whose parameters come
     from the condition alone (learned constants without one).
 
+    **Bounded parameters.** With ``support`` given (a box prior, say), the chain starts with
+    :class:`~hybridflow.layers.Bounded`, which maps the support onto :math:`\mathbb{R}^D`
+    (logit for boxes, inverse softplus for half lines): the flow's density lives on the
+    support and its samples never leak past the prior.
+
     Args:
         features: size ``D`` of a parameter vector, at least 1.
         cond_features: size of the condition (summary output); 0 for an unconditional flow.
@@ -60,6 +69,9 @@ def coupling_flow(
             :class:`~hybridflow.layers.SplineCoupling`); ``"spline"`` only.
         mode: ``"invert"`` (memory flat in depth) or ``"store"`` (plain autograd).
         seed: seed of the 1x1 convolutions' initial rotations (``None``: the global RNG).
+        support: the parameters' support: a prior (``task.prior``), a torch constraint or a
+            pair ``(lower, upper)`` (see :data:`~hybridflow.distributions.support.Support`);
+            ``None`` (or an unbounded support) for all of :math:`\mathbb{R}^D`.
 
     Returns:
         The chain, whose ``forward(theta, cond)`` maps parameters to latents.
@@ -85,6 +97,10 @@ def coupling_flow(
             f"coupling_flow: coupling must be one of {get_args(CouplingKind)}, got {coupling!r}"
         )
     layers: list[InvertibleModule] = []
+    if support is not None:
+        lower, upper = support_bounds(support, features)
+        if any(math.isfinite(b) for b in (*lower, *upper)):
+            layers.append(Bounded(lower, upper))
     for step in range(depth):
         block: InvertibleModule
         if features == 1:

@@ -14,6 +14,7 @@ from hybridflow.layers.multiscale import ResizeCondition, Split
 from hybridflow.layers.permutation import Permute, Reverse
 from hybridflow.layers.spline_coupling import SPLINE_BOUND, SplineCoupling, SplineKnots
 from hybridflow.layers.squeeze import Squeeze
+from hybridflow.layers.support import Bounded
 
 __all__ = [
     "SPLINE_BOUND",
@@ -21,6 +22,7 @@ __all__ = [
     "AdditiveCoupling",
     "Affine",
     "AffineCoupling",
+    "Bounded",
     "ConditionalAffine",
     "ConditionalSpline",
     "ConstantConditioner",

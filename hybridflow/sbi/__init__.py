@@ -21,7 +21,12 @@ from hybridflow.sbi.digits import DigitsInverseProblem, DigitsKind, load_digits
 from hybridflow.sbi.linear_gaussian import GaussianLinear, LinearGaussian
 from hybridflow.sbi.moments import MomentErrors, moment_errors
 from hybridflow.sbi.npe import EpochRecord, NPEConfig, NPEHistory, NPETrainer
-from hybridflow.sbi.posterior import LeakageWarning, sample_posterior
+from hybridflow.sbi.posterior import (
+    LeakageWarning,
+    PosteriorSamples,
+    rejection_sample,
+    sample_posterior,
+)
 from hybridflow.sbi.reverse_kl import (
     ReverseKLConfig,
     ReverseKLHistory,
@@ -50,6 +55,7 @@ __all__ = [
     "NonFinitePolicy",
     "NonFiniteSimulationWarning",
     "Observations",
+    "PosteriorSamples",
     "ReverseKLConfig",
     "ReverseKLHistory",
     "ReverseKLTrainer",
@@ -66,6 +72,7 @@ __all__ = [
     "load_checkpoint",
     "load_digits",
     "moment_errors",
+    "rejection_sample",
     "reverse_kl_loss",
     "sample_posterior",
     "save_checkpoint",
