@@ -74,3 +74,18 @@ def test_cli_trains_and_samples_a_one_parameter_task(tmp_path, capsys) -> None:
     args = ["sample", "--model", str(model), "--out", str(tmp_path / "s.pt"), "--num", "50"]
     assert main(args) == 0
     assert "samples inside the prior's support: 100.0%" in capsys.readouterr().out
+
+
+def test_cli_mlp_summary_standardizes_with_the_training_statistics(tmp_path) -> None:
+    from hybridflow.cli.recipe import build_flow, build_task, check_recipe, fit_standardize
+    from hybridflow.summary import Sequential, Standardize
+
+    recipe = check_recipe({"task": {"name": "slcp"}})
+    assert recipe["summary"]["standardize"] and recipe["flow"]["coupling"] == "spline"
+    task = build_task(recipe)
+    flow = build_flow(recipe, task)
+    assert isinstance(flow.summary, Sequential) and isinstance(flow.summary[0], Standardize)
+    data = simulate(task, 64, seed=0)
+    fit_standardize(flow, data.x)
+    torch.testing.assert_close(flow.summary[0].mean, data.x.mean(0))
+    assert not check_recipe({"task": {"name": "digits"}})["summary"]["standardize"]

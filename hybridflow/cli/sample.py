@@ -24,13 +24,13 @@ from hybridflow.cli.figures import image_posterior, vector_posterior
 from hybridflow.cli.outputs import check_output_folder
 from hybridflow.cli.recipe import build_task, check_recipe
 from hybridflow.cli.threads import torch_threads
-from hybridflow.distributions import ConditionalFlow
+from hybridflow.distributions import ConditionalFlow, FlowEnsemble
 from hybridflow.serialization import atomic_torch_save, load
 
 __all__ = ["add_parser", "draw_samples", "load_flow", "read_observations", "run"]
 
 
-def load_flow(path: str | Path) -> tuple[ConditionalFlow, dict[str, Any]]:
+def load_flow(path: str | Path) -> tuple[ConditionalFlow | FlowEnsemble, dict[str, Any]]:
     """Load a conditional flow saved with :func:`hybridflow.save`; ``(flow, metadata)``.
 
     Raises:
@@ -43,10 +43,10 @@ def load_flow(path: str | Path) -> tuple[ConditionalFlow, dict[str, Any]]:
         flow, metadata = load(path)
     except Exception as error:  # torch.load and from_config raise many kinds
         raise UsageError(f"cannot load a model from {path}: {error}") from error
-    if not isinstance(flow, ConditionalFlow):
+    if not isinstance(flow, (ConditionalFlow, FlowEnsemble)):
         raise UsageError(
-            f"{path} holds a {type(flow).__name__}, not a ConditionalFlow; sampling a posterior "
-            "needs a conditional flow"
+            f"{path} holds a {type(flow).__name__}, not a ConditionalFlow or FlowEnsemble; "
+            "sampling a posterior needs a conditional flow"
         )
     return flow.eval(), metadata
 
@@ -74,7 +74,9 @@ def read_observations(path: str | Path) -> Tensor:
     return data
 
 
-def draw_samples(flow: ConditionalFlow, observations: Tensor, num: int, seed: int) -> Tensor:
+def draw_samples(
+    flow: ConditionalFlow | FlowEnsemble, observations: Tensor, num: int, seed: int
+) -> Tensor:
     """``num`` posterior samples ``(num, B, *event_shape)`` for a batch of observations,
     reproducible from ``seed`` (the global random state is left as it was).
 

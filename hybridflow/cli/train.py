@@ -23,12 +23,13 @@ from hybridflow.cli.outputs import check_output_folder, pyplot, write_text
 from hybridflow.cli.recipe import (
     build_flow,
     build_task,
+    fit_standardize,
     load_recipe,
     npe_config,
     recipe_summary,
 )
 from hybridflow.cli.threads import torch_threads
-from hybridflow.distributions import ConditionalFlow
+from hybridflow.distributions import ConditionalFlow, FlowEnsemble
 from hybridflow.sbi import EpochRecord, NPEHistory, NPETrainer, Task, load_checkpoint, simulate
 from hybridflow.serialization import save
 
@@ -51,7 +52,7 @@ class TrainResult:
         seconds: wall time of this call.
     """
 
-    flow: ConditionalFlow
+    flow: ConditionalFlow | FlowEnsemble
     task: Task
     history: NPEHistory
     files: dict[str, Path]
@@ -118,6 +119,7 @@ def train_recipe(
     say(f"training: {recipe_summary(recipe)}")
     count, seed = recipe["simulations"]["count"], recipe["simulations"]["seed"]
     data = simulate(task, count, seed=seed)
+    fit_standardize(flow, data.x)  # a resumed run loads the same statistics from the checkpoint
     if resume and checkpoint.exists():
         try:
             finished = bool(load_checkpoint(checkpoint).get("finished"))

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from hybridflow.distributions.ensemble import FlowEnsemble
 from hybridflow.sbi.checkpoint import save_checkpoint
 from hybridflow.sbi.data import NonFinitePolicy, Observations, Simulations, check_simulations
 from hybridflow.sbi.training import (
@@ -150,7 +151,9 @@ class NPETrainer:
     ``flow`` is any module whose call ``flow(*x_parts)`` returns a distribution over
     :math:`\theta` with ``batch_shape == (B,)`` (a
     :class:`~hybridflow.distributions.ConditionalFlow`, whose summary network then trains
-    jointly). A share of the pairs is held out for validation; training stops early when the
+    jointly), or a :class:`~hybridflow.distributions.FlowEnsemble` of ``K`` such flows, whose
+    members are trained together, each on its own loss (the loss reported is their mean). A
+    share of the pairs is held out for validation; training stops early when the
     validation loss has not improved for ``patience`` epochs, and the parameters of the best
     epoch are restored. The learning rate follows the configured schedule; gradients are
     clipped. Training runs with torch's global generator forked and seeded from
@@ -217,7 +220,10 @@ class NPETrainer:
     def _loss(self, data: Simulations, index: Tensor, device: torch.device) -> Tensor:
         theta = data.theta[index].to(device)
         parts = tuple(p[index].to(device) for p in data.parts)
-        log_prob = self.flow(*parts).log_prob(theta)
+        if isinstance(self.flow, FlowEnsemble):  # each member on its own loss
+            log_prob = self.flow.member_log_prob(theta, *parts).mean(0)
+        else:
+            log_prob = self.flow(*parts).log_prob(theta)
         if log_prob.shape != theta.shape[:1]:
             raise ValueError(
                 f"NPETrainer: flow(x).log_prob(theta) has shape {tuple(log_prob.shape)}, expected "
