@@ -72,8 +72,17 @@ def test_cli_trains_and_samples_a_one_parameter_task(tmp_path, capsys) -> None:
     model = out / "model.pt"
     assert model.is_file()
     args = ["sample", "--model", str(model), "--out", str(tmp_path / "s.pt"), "--num", "50"]
-    assert main(args) == 0
-    assert "samples inside the prior's support: 100.0%" in capsys.readouterr().out
+    png = tmp_path / "s.png"
+    assert main([*args, "--c2st", "fast", "--png", str(png)]) == 0
+    printed = capsys.readouterr().out
+    assert "samples inside the prior's support: 100.0%" in printed
+    assert "C2ST against the reference posterior (fast recipe" in printed
+    result = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert result["reference"].shape == result["samples"].shape == (50, 4, 1)
+    assert result["c2st"].shape == (4,) and ((result["c2st"] > 0) & (result["c2st"] < 1)).all()
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert main([*args, "--c2st", "none"]) == 0
+    assert "C2ST" not in capsys.readouterr().out
 
 
 def test_cli_mlp_summary_standardizes_with_the_training_statistics(tmp_path) -> None:

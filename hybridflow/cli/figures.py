@@ -96,15 +96,18 @@ def vector_posterior(
     path: str | os.PathLike[str],
     truth: Tensor | None = None,
     titles: Sequence[str] | None = None,
+    reference: Tensor | None = None,
 ) -> Path:
     """Scatter plots of the first two parameters' posterior samples, one panel per
-    observation, with the truth marked when known.
+    observation, with the truth marked when known and the reference posterior's samples in
+    grey behind them when given.
 
     Args:
         samples: ``(N, B, D)``, ``D >= 1``.
         path: the PNG to write (atomically).
         truth: ``(B, D)`` or ``None``.
         titles: optional panel titles.
+        reference: reference posterior samples ``(M, B, D)`` or ``None``.
     """
     plt = pyplot()
     count = samples.shape[1]
@@ -113,18 +116,24 @@ def vector_posterior(
     for b in range(count):
         ax = axes[0][b]
         if values.shape[-1] >= 2:
-            ax.scatter(values[:, b, 0], values[:, b, 1], s=3, alpha=0.4)
+            if reference is not None:
+                ref = reference[:, b].detach().cpu().float()
+                ax.scatter(ref[:, 0], ref[:, 1], s=3, alpha=0.4, color="0.6", label="reference")
+            ax.scatter(values[:, b, 0], values[:, b, 1], s=3, alpha=0.4, label="flow")
             ax.set_xlabel("theta[0]")
             ax.set_ylabel("theta[1]")
             if truth is not None:
                 ax.scatter(truth[b, 0], truth[b, 1], marker="x", color="red", s=40, label="truth")
         else:
-            ax.hist(values[:, b, 0].numpy(), bins=40)
+            if reference is not None:
+                ref = reference[:, b, 0].detach().cpu().float().numpy()
+                ax.hist(ref, bins=40, color="0.6", alpha=0.6, label="reference")
+            ax.hist(values[:, b, 0].numpy(), bins=40, alpha=0.7, label="flow")
             ax.set_xlabel("theta[0]")
             if truth is not None:
                 ax.axvline(float(truth[b, 0]), color="red", label="truth")
         ax.set_title(titles[b] if titles is not None else f"observation {b}", fontsize=9)
-    if truth is not None:
+    if truth is not None or reference is not None:
         axes[0][0].legend(fontsize=7)
     figure.tight_layout()
     return save_figure(figure, path)

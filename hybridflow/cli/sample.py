@@ -6,7 +6,9 @@ reference observations (``--held-out 0 1 2``, the default being the first four; 
 trained by ``hybridflow train`` or ``hybridflow demo``, whose recipe names the task). Writes a
 ``.pt`` file (``torch.load(..., weights_only=True)``) holding ``samples``
 ``(num, B, *theta_shape)``, ``observations``, ``mean``, ``std`` and, for held-out
-observations, ``truth``; ``--png`` also draws them.
+observations, ``truth`` and (vector tasks) the share of samples inside the prior's support,
+``inside_prior``; where the task has a reference posterior also ``reference`` samples and the
+``c2st`` of each observation, which are printed. ``--png`` also draws them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from hybridflow.cli.outputs import check_output_folder
 from hybridflow.cli.recipe import build_task, check_recipe
 from hybridflow.cli.threads import torch_threads
 from hybridflow.distributions import ConditionalFlow, FlowEnsemble
+from hybridflow.sbi import Task, c2st
 from hybridflow.serialization import atomic_torch_save, load
 
 __all__ = ["add_parser", "draw_samples", "load_flow", "read_observations", "run"]
@@ -91,6 +94,17 @@ def draw_samples(
             raise UsageError(str(error)) from error
 
 
+def _reference(task: Task, observations: Tensor, num: int, seed: int) -> Tensor | None:
+    """``num`` reference posterior samples ``(num, B, D)`` per observation, or ``None`` when
+    the task has no reference posterior."""
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        draws = [task.reference_posterior(x, num, generator) for x in observations]
+    except NotImplementedError:
+        return None
+    return torch.stack(draws, dim=1)
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``sample`` and its flags."""
     parser = subparsers.add_parser(
@@ -110,6 +124,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("samples.pt"), help="output .pt file")
     parser.add_argument("--png", type=Path, help="also draw the samples to this PNG")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--c2st",
+        choices=["sbibm", "fast", "none"],
+        default="sbibm",
+        help="for held-out observations of a task with a reference posterior: draw as many "
+        "reference samples, print the C2ST of each observation with this recipe (sbibm's "
+        "reference classifier, or its early-stopping variant)",
+    )
     return parser
 
 
@@ -165,6 +187,20 @@ def _run(args: argparse.Namespace) -> int:
     }
     if truth is not None:
         result["truth"] = truth
+    reference = None
+    if task is not None and samples.dim() == 3 and args.c2st != "none":
+        reference = _reference(task, observations, args.num, args.seed)
+    if reference is not None:
+        scores = [
+            c2st(reference[:, b], samples[:, b], recipe=args.c2st) for b in range(samples.shape[1])
+        ]
+        result["reference"] = reference
+        result["c2st"] = torch.tensor(scores, dtype=torch.float64)
+        print(
+            f"C2ST against the reference posterior ({args.c2st} recipe; 0.5 = perfect): "
+            + ", ".join(f"{v:.3f}" for v in scores)
+            + f"; mean {sum(scores) / len(scores):.3f}"
+        )
     if task is not None and samples.dim() == 3:
         inside = task.prior.support.check(samples).reshape(*samples.shape[:2], -1).all(-1)
         result["inside_prior"] = inside.double().mean(0)
@@ -181,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
                 observations, samples, args.png, truth, titles=titles, missing=missing
             )
         elif samples.dim() == 3:
-            path = vector_posterior(samples, args.png, truth, titles=titles)
+            path = vector_posterior(samples, args.png, truth, titles=titles, reference=reference)
         else:
             print(f"no figure: parameters of shape {tuple(samples.shape[2:])}", file=sys.stderr)
             return 0
