@@ -39,6 +39,12 @@ from hybridflow.sbi.slcp import SLCP
 from hybridflow.sbi.tarp import TARPResult, tarp, tarp_coverage
 from hybridflow.sbi.task import Task
 from hybridflow.sbi.training import ScheduleKind
+from hybridflow.sbi.tsnpe import (
+    TSNPERound,
+    hpd_threshold,
+    truncated_npe,
+    truncated_prior_sample,
+)
 from hybridflow.sbi.two_moons import TwoMoons
 
 __all__ = [
@@ -66,6 +72,7 @@ __all__ = [
     "ScheduleKind",
     "Simulations",
     "TARPResult",
+    "TSNPERound",
     "Task",
     "TwoMoons",
     "as_sbi_estimator",
@@ -74,6 +81,7 @@ __all__ = [
     "check_simulations",
     "coverage_figure",
     "expected_coverage",
+    "hpd_threshold",
     "load_checkpoint",
     "load_digits",
     "moment_errors",
@@ -88,4 +96,6 @@ __all__ = [
     "simulate",
     "tarp",
     "tarp_coverage",
+    "truncated_npe",
+    "truncated_prior_sample",
 ]
