@@ -98,3 +98,23 @@ def test_cli_mlp_summary_standardizes_with_the_training_statistics(tmp_path) -> 
     fit_standardize(flow, data.x)
     torch.testing.assert_close(flow.summary[0].mean, data.x.mean(0))
     assert not check_recipe({"task": {"name": "digits"}})["summary"]["standardize"]
+
+
+def test_plateau_schedule_stops_once_the_learning_rate_floor_brings_nothing() -> None:
+    """A learning rate far too small to improve anything: the plateau schedule halves it to
+    its floor within a few epochs, and the run stops there instead of waiting out patience."""
+    task = GaussianLinear(2)
+    data = simulate(task, 256, seed=0)
+    flow = ConditionalFlow(coupling_flow(2, 2, depth=1, hidden=4), event_shape=(2,))
+    config = NPEConfig(
+        max_epochs=100,
+        batch_size=128,
+        learning_rate=1e-6,
+        min_learning_rate=2.5e-7,
+        schedule_patience=1,
+        patience=50,
+    )
+    history = NPETrainer(flow, config).fit(data.theta, data.x)
+    assert history.stopped_early
+    assert min(history.learning_rate) == pytest.approx(2.5e-7)
+    assert history.epochs < 20  # not 50 epochs of patience at the floor

@@ -47,11 +47,16 @@ class NPEConfig:
         validation_fraction: share of the pairs held out for validation (0 disables it;
             early stopping and the plateau schedule then watch the training loss).
         patience: stop after this many epochs without a better validation loss (``None``:
-            never stop early). The parameters of the best epoch are restored at the end.
+            never stop early). The parameters of the best epoch are restored at the end. With
+            the plateau schedule, the run also stops once the learning rate has reached
+            ``min_learning_rate`` and more than ``schedule_patience`` epochs there brought no
+            improvement by the schedule's relative threshold (1e-4): nothing is left to try,
+            so the run does not idle at the floor until ``patience`` runs out.
         schedule: learning-rate schedule, see :data:`~hybridflow.sbi.training.ScheduleKind`.
         schedule_factor: the plateau schedule's multiplier.
         schedule_patience: epochs without improvement before the plateau schedule acts.
-        min_learning_rate: floor of the plateau schedule, end of the cosine one.
+        min_learning_rate: floor of the plateau schedule (1/50 of the default learning rate:
+            six halvings), end of the cosine one.
         clip_grad_norm: clip the gradient's global norm to this (``None``: no clipping).
         seed: seed of the split, the shuffling and torch's global generator during training.
         nonfinite: what to do with simulations holding NaN/Inf (``"drop"`` or ``"raise"``).
@@ -68,7 +73,7 @@ class NPEConfig:
     schedule: ScheduleKind = "plateau"
     schedule_factor: float = 0.5
     schedule_patience: int = 5
-    min_learning_rate: float = 1e-6
+    min_learning_rate: float = 1e-5
     clip_grad_norm: float | None = 5.0
     seed: int = 0
     nonfinite: NonFinitePolicy = "drop"
@@ -329,7 +334,9 @@ class NPETrainer:
                         best_state = _copy_state(self.flow)
                     else:
                         waited += 1
-                    if cfg.patience is not None and waited >= cfg.patience:
+                    if cfg.patience is not None and (
+                        waited >= cfg.patience or _idle_at_floor(history, cfg)
+                    ):
                         history.stopped_early = True
                     finished = history.stopped_early or epoch >= cfg.max_epochs
                     if finished and best_state is not None:
@@ -412,6 +419,21 @@ class NPETrainer:
                 "values differ); resume with the same simulations"
             )
         return state
+
+
+def _idle_at_floor(history: NPEHistory, cfg: NPEConfig) -> bool:
+    """Whether the plateau schedule has run its last ``schedule_patience + 1`` epochs at the
+    learning-rate floor without improving the monitored loss by the schedule's relative
+    threshold (1e-4). Read from the history alone, so a resumed run decides alike."""
+    window = cfg.schedule_patience + 1
+    if cfg.schedule != "plateau" or history.epochs <= window:
+        return False
+    floor = cfg.min_learning_rate * (1 + 1e-6)
+    if any(lr > floor for lr in history.learning_rate[-window:]):
+        return False
+    losses = history.validation_loss or history.train_loss
+    before = min(losses[:-window])
+    return min(losses[-window:]) > before - 1e-4 * abs(before)
 
 
 def _copy_state(module: nn.Module) -> dict[str, Tensor]:
