@@ -164,7 +164,7 @@ def test_npe_gaussian_linear_matches_the_analytic_posterior() -> None:
     task = GaussianLinear(10)
     data = simulate(task, 40_000, seed=0)
     flow = ConditionalFlow(
-        coupling_flow(10, 10, depth=3, hidden=64),
+        coupling_flow(10, 10, depth=3, hidden=64, coupling="affine"),  # the default was affine
         event_shape=(10,),
         observation_shape=(10,),
     )
