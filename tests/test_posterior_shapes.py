@@ -118,3 +118,101 @@ def test_plateau_schedule_stops_once_the_learning_rate_floor_brings_nothing() ->
     assert history.stopped_early
     assert min(history.learning_rate) == pytest.approx(2.5e-7)
     assert history.epochs < 20  # not 50 epochs of patience at the floor
+
+
+def _tiny_config(tmp_path, epochs: int = 1):
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        '[task]\nname = "gaussian_linear"\ndim = 2\n[simulations]\ncount = 128\n'
+        "[flow]\ndepth = 1\nhidden = 8\n[summary]\nfeatures = 2\nhidden = 8\ndepth = 1\n"
+        f'[training]\nmax_epochs = {epochs}\nbatch_size = 64\nschedule = "constant"\n'
+        "patience = false\n"
+    )
+    return config
+
+
+def test_cli_quiet_threads_resume_extends_and_help_is_plain(tmp_path, capsys) -> None:
+    from hybridflow.cli.main import build_parser
+
+    config, out = _tiny_config(tmp_path), tmp_path / "run"
+    torch.set_num_threads(2)
+    seen = []
+    import hybridflow.cli.train as train_module
+
+    real = train_module.train_recipe
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    train_module.train_recipe = spy
+    try:
+        assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    finally:
+        train_module.train_recipe = real
+    assert seen == [1]  # the demo's default, --threads 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""  # --quiet is quiet
+    # --resume --epochs N trains a finished run on to N epochs
+    argv = ["train", "--config", str(config), "--out", str(out), "--resume", "--epochs", "3"]
+    assert main(argv) == 0
+    assert "training on to 3" in capsys.readouterr().err
+    history = torch.load(out / "checkpoint.pt", weights_only=True)["history"]
+    assert len(history["train_loss"]) == 3
+    sample = ["sample", "--model", str(out / "model.pt"), "--out", str(tmp_path / "s.pt")]
+    assert main([*sample, "--quiet", "--c2st", "none"]) == 0
+    assert capsys.readouterr().out == ""
+    # help: no reST, defaults shown
+    for command in ("train", "sample", "demo"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        text = capsys.readouterr().out
+        assert "``" not in text and ":func:" not in text and ":class:" not in text
+        assert "(default: 1)" in text  # --threads
+    assert (
+        "(default: 256)"
+        in build_parser()._subparsers._group_actions[0].choices["sample"].format_help()
+    )
+
+
+def test_sample_import_loads_a_model_with_the_users_own_summary(tmp_path, capsys) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    module = tmp_path / "my_summary.py"
+    module.write_text(
+        "from torch import nn\nfrom hybridflow.config import Configurable\n\n"
+        "class Half(nn.Module, Configurable):\n"
+        "    def __init__(self, scale: float = 0.5):\n"
+        "        super().__init__()\n        self.scale = scale\n"
+        "    def forward(self, x):\n        return x * self.scale\n"
+    )
+    build = (
+        "import sys, torch; sys.path.insert(0, sys.argv[1]); import hybridflow as hf\n"
+        "from my_summary import Half\n"
+        "from hybridflow.distributions import ConditionalFlow, coupling_flow\n"
+        "flow = ConditionalFlow(coupling_flow(2, 2, depth=1, hidden=4), Half(),"
+        " event_shape=(2,), observation_shape=(2,))\n"
+        "hf.save(flow, sys.argv[2])\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    model = tmp_path / "m.pt"
+    subprocess.run([sys.executable, "-c", build, str(tmp_path), str(model)], check=True, env=env)
+    x_file = tmp_path / "x.pt"
+    torch.save(torch.randn(3, 2), x_file)
+    argv = ["sample", "--model", str(model), "--observations", str(x_file), "--out"]
+    run = [sys.executable, "-m", "hybridflow", *argv, str(tmp_path / "s.pt")]
+    refused = subprocess.run(run, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "my_summary.Half" in refused.stderr
+    sys_path_env = {**env, "PYTHONPATH": f"{root}:{tmp_path}"}
+    loaded = subprocess.run(
+        [*run, "--import", "my_summary"], env=sys_path_env, text=True, capture_output=True
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert torch.load(tmp_path / "s.pt", weights_only=True)["samples"].shape == (256, 3, 2)
+    missing = subprocess.run(
+        [*run, "--import", "no_such_module_x"], env=sys_path_env, capture_output=True, text=True
+    )
+    assert missing.returncode == 2 and "--import no_such_module_x" in missing.stderr

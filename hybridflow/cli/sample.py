@@ -14,6 +14,9 @@ observations, ``truth`` and (vector tasks) the share of samples inside the prior
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from torch import Tensor
 
 from hybridflow.cli.errors import UsageError
 from hybridflow.cli.figures import image_posterior, vector_posterior
+from hybridflow.cli.help import HelpFormatter, plain
 from hybridflow.cli.outputs import check_output_folder
 from hybridflow.cli.recipe import build_task, check_recipe
 from hybridflow.cli.threads import torch_threads
@@ -110,8 +114,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "sample",
         help="draw posterior samples from a saved model",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", required=True, type=Path, help="model file (model.pt)")
     source = parser.add_mutually_exclusive_group()
@@ -123,7 +127,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
     parser.add_argument("--out", type=Path, default=Path("samples.pt"), help="output .pt file")
     parser.add_argument("--png", type=Path, help="also draw the samples to this PNG")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (as train and the demo)"
+    )
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first (repeatable), so that a model with your own "
+        "configurable summary network loads; it runs that module's code",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print nothing (errors only)")
     parser.add_argument(
         "--c2st",
         choices=["sbibm", "fast", "none"],
@@ -149,8 +165,25 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
 
 
+def _import_modules(names: list[str]) -> None:
+    """Import the user's modules (``--import``), which register their configurable classes."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise UsageError(f"--import {name}: cannot import it ({error})") from error
+
+
 def _run(args: argparse.Namespace) -> int:
     """Read the model and the observations, check the outputs, sample, write."""
+    _import_modules(args.imports)
+    if args.quiet:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return _sample(args)
+    return _sample(args)
+
+
+def _sample(args: argparse.Namespace) -> int:
     flow, metadata = load_flow(args.model)
     truth, missing, task = None, None, None
     if args.observations is not None:

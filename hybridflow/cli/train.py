@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from hybridflow.cli.errors import UsageError
 from hybridflow.cli.figures import training_curve
+from hybridflow.cli.help import HelpFormatter, plain
 from hybridflow.cli.outputs import check_output_folder, pyplot, write_text
 from hybridflow.cli.recipe import (
     build_flow,
@@ -122,10 +123,17 @@ def train_recipe(
     fit_standardize(flow, data.x)  # a resumed run loads the same statistics from the checkpoint
     if resume and checkpoint.exists():
         try:
-            finished = bool(load_checkpoint(checkpoint).get("finished"))
+            saved = load_checkpoint(checkpoint)
         except Exception as error:  # torch.load raises many kinds for a file it cannot read
             raise UsageError(f"cannot resume from {checkpoint}: {error}") from error
-        state = "a finished run: nothing more to train" if finished else "resuming"
+        finished = bool(saved.get("finished"))
+        epochs = len(saved.get("history", {}).get("train_loss", []))
+        if finished and epochs < config.max_epochs:
+            state = f"a finished run of {epochs} epoch(s): training on to {config.max_epochs}"
+        elif finished:
+            state = "a finished run: nothing more to train (raise --epochs to train on)"
+        else:
+            state = "resuming"
         say(f"{checkpoint}: {state}")
     elif resume:
         say(f"no checkpoint at {checkpoint} yet: starting afresh")
@@ -165,8 +173,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
         help="train a posterior flow from a TOML config, with checkpoints and resume",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--config", required=True, type=Path, help="recipe file (.toml, .yaml)")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/<config name>)")
@@ -175,9 +183,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     group.add_argument(
         "--overwrite", action="store_true", help="start afresh over an existing checkpoint"
     )
-    parser.add_argument("--epochs", type=int, help="override [training] max_epochs")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar, no messages")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="override [training] max_epochs; with --resume, a finished run trains on to N",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (as the demo: these small models run no faster on more)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print nothing (errors only)")
     return parser
 
 
@@ -196,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
             log=None if args.quiet else sys.stderr,
             **overrides,
         )
+    if args.quiet:
+        return 0
     history = result.history
     val = history.validation_loss[history.best_epoch - 1] if history.validation_loss else None
     print(

@@ -169,7 +169,8 @@ class NPETrainer:
     dict) are written every ``checkpoint_every`` epochs, atomically (temporary file, then
     :func:`os.replace`), so an interrupted save never corrupts the previous checkpoint. ``fit(...,
     resume=True)`` continues from it and ends where an uninterrupted run with the same seed
-    would. Checkpoints are read with ``torch.load(..., weights_only=True)``.
+    would; a finished run resumed with a larger ``max_epochs`` trains on (from the best epoch's
+parameters, with the early-stopping count reset). Checkpoints are read with ``torch.load(..., weights_only=True)``.
 
     Args:
         flow: the conditional density estimator.
@@ -318,6 +319,9 @@ class NPETrainer:
             bar = progress_bar(cfg.progress, cfg.max_epochs, history.epochs, "NPE")
             try:
                 finished = state is not None and state["finished"]
+                if finished and history.epochs < cfg.max_epochs:
+                    # a finished run resumed with more epochs trains on from its best state
+                    finished, waited, history.stopped_early = False, 0, False
                 while not finished and history.epochs < cfg.max_epochs:
                     epoch = history.epochs + 1
                     lr = optimizer.param_groups[0]["lr"]
