@@ -120,3 +120,35 @@ def test_sbc_rank_figure_and_coverage_figure_draw_what_they_are_given(tmp_path) 
     assert (tmp_path / "coverage.pdf").read_bytes()[:4] == b"%PDF"
     with pytest.raises(ValueError, match="ranks must be"):
         sbc_rank_figure(torch.zeros(5), 10)
+
+
+def test_demo_picture_has_colour_bars_error_map_and_title(tmp_path, monkeypatch) -> None:
+    import hybridflow.cli.figures as figures
+
+    captured = {}
+    real = figures.save_figure
+
+    def keep(figure, path):
+        captured["figure"] = figure
+        return real(figure, path)
+
+    monkeypatch.setattr(figures, "save_figure", keep)
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(2, 1, 4, 4, generator=g)
+    samples = truth + 0.1 * torch.randn(5, 2, 1, 4, 4, generator=g)
+    path = figures.image_posterior(truth, samples, tmp_path / "p.png", truth, shown_samples=2)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    figure = captured["figure"]
+    assert figure._suptitle.get_text() == "Posterior samples, mean and spread"
+    labels = [ax.get_ylabel() for ax in figure.get_axes() if ax.get_ylabel()]
+    assert labels[-3:] == ["intensity", "error", "posterior std"]  # the colour bars
+    titled = {ax.get_title(): ax for ax in figure.get_axes() if ax.get_title()}
+    shown = titled["|mean - truth|"].get_images()[0].get_array()
+    np.testing.assert_allclose(shown, (samples.mean(0) - truth)[0, 0].abs().numpy(), rtol=1e-6)
+
+    from hybridflow.sbi import NPEHistory
+
+    history = NPEHistory(train_loss=[1.0, 0.5], validation_loss=[1.1, 0.6], best_epoch=2)
+    figures.training_curve(history, tmp_path / "curve.png")
+    (ax,) = captured["figure"].get_axes()
+    assert "nats per simulation" in ax.get_ylabel() and "epoch" in ax.get_xlabel()
