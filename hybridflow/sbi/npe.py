@@ -20,6 +20,7 @@ from hybridflow.sbi.training import (
     build_scheduler,
     check_number,
     forked_rng,
+    idle_at_floor,
     load_run_checkpoint,
     model_device,
     progress_bar,
@@ -151,47 +152,47 @@ class NPEHistory:
 
 class NPETrainer:
     r"""Neural posterior estimation: fit :math:`q(\theta \mid x)` by minimising
-    :math:`-\frac1N \sum_i \log q(\theta_i \mid x_i)` over simulated pairs.
+        :math:`-\frac1N \sum_i \log q(\theta_i \mid x_i)` over simulated pairs.
 
-    ``flow`` is any module whose call ``flow(*x_parts)`` returns a distribution over
-    :math:`\theta` with ``batch_shape == (B,)`` (a
-    :class:`~hybridflow.distributions.ConditionalFlow`, whose summary network then trains
-    jointly), or a :class:`~hybridflow.distributions.FlowEnsemble` of ``K`` such flows, whose
-    members are trained together, each on its own loss (the loss reported is their mean). A
-    share of the pairs is held out for validation; training stops early when the
-    validation loss has not improved for ``patience`` epochs, and the parameters of the best
-    epoch are restored. The learning rate follows the configured schedule; gradients are
-    clipped. Training runs with torch's global generator forked and seeded from
-    ``config.seed``, so a run is reproducible and leaves the caller's random state alone.
+        ``flow`` is any module whose call ``flow(*x_parts)`` returns a distribution over
+        :math:`\theta` with ``batch_shape == (B,)`` (a
+        :class:`~hybridflow.distributions.ConditionalFlow`, whose summary network then trains
+        jointly), or a :class:`~hybridflow.distributions.FlowEnsemble` of ``K`` such flows, whose
+        members are trained together, each on its own loss (the loss reported is their mean). A
+        share of the pairs is held out for validation; training stops early when the
+        validation loss has not improved for ``patience`` epochs, and the parameters of the best
+        epoch are restored. The learning rate follows the configured schedule; gradients are
+        clipped. Training runs with torch's global generator forked and seeded from
+        ``config.seed``, so a run is reproducible and leaves the caller's random state alone.
 
-    **Checkpoints.** With ``checkpoint`` set, the model, the optimiser, the schedule, the
-    early-stopping state, the history, the random states and the configuration (as a plain
-    dict) are written every ``checkpoint_every`` epochs, atomically (temporary file, then
-    :func:`os.replace`), so an interrupted save never corrupts the previous checkpoint. ``fit(...,
-    resume=True)`` continues from it and ends where an uninterrupted run with the same seed
-    would; a finished run resumed with a larger ``max_epochs`` trains on (from the best epoch's
-parameters, with the early-stopping count reset). Checkpoints are read with ``torch.load(..., weights_only=True)``.
+        **Checkpoints.** With ``checkpoint`` set, the model, the optimiser, the schedule, the
+        early-stopping state, the history, the random states and the configuration (as a plain
+        dict) are written every ``checkpoint_every`` epochs, atomically (temporary file, then
+        :func:`os.replace`), so an interrupted save never corrupts the previous checkpoint. ``fit(...,
+        resume=True)`` continues from it and ends where an uninterrupted run with the same seed
+        would; a finished run resumed with a larger ``max_epochs`` trains on (from the best epoch's
+    parameters, with the early-stopping count reset). Checkpoints are read with ``torch.load(..., weights_only=True)``.
 
-    Args:
-        flow: the conditional density estimator.
-        config: the settings (defaults when ``None``).
-        checkpoint: path of the checkpoint file, or ``None`` for none.
+        Args:
+            flow: the conditional density estimator.
+            config: the settings (defaults when ``None``).
+            checkpoint: path of the checkpoint file, or ``None`` for none.
 
-    Example:
-        >>> import torch
-        >>> from hybridflow.distributions import ConditionalFlow, coupling_flow
-        >>> from hybridflow.sbi import GaussianLinear, NPEConfig, NPETrainer, simulate
-        >>> task = GaussianLinear(dim=2)
-        >>> data = simulate(task, 256, seed=0)
-        >>> flow = ConditionalFlow(coupling_flow(2, 2, depth=2, hidden=16), event_shape=(2,))
-        >>> history = NPETrainer(flow, NPEConfig(max_epochs=3, batch_size=64)).fit(data.theta, data.x)
-        >>> history.epochs
-        3
+        Example:
+            >>> import torch
+            >>> from hybridflow.distributions import ConditionalFlow, coupling_flow
+            >>> from hybridflow.sbi import GaussianLinear, NPEConfig, NPETrainer, simulate
+            >>> task = GaussianLinear(dim=2)
+            >>> data = simulate(task, 256, seed=0)
+            >>> flow = ConditionalFlow(coupling_flow(2, 2, depth=2, hidden=16), event_shape=(2,))
+            >>> history = NPETrainer(flow, NPEConfig(max_epochs=3, batch_size=64)).fit(data.theta, data.x)
+            >>> history.epochs
+            3
 
-    References:
-        Papamakarios & Murray, "Fast epsilon-free inference of simulation models with Bayesian
-        conditional density estimation", 2016; Greenberg et al., "Automatic posterior
-        transformation for likelihood-free inference", 2019.
+        References:
+            Papamakarios & Murray, "Fast epsilon-free inference of simulation models with Bayesian
+            conditional density estimation", 2016; Greenberg et al., "Automatic posterior
+            transformation for likelihood-free inference", 2019.
     """
 
     def __init__(
@@ -339,7 +340,16 @@ parameters, with the early-stopping count reset). Checkpoints are read with ``to
                     else:
                         waited += 1
                     if cfg.patience is not None and (
-                        waited >= cfg.patience or _idle_at_floor(history, cfg)
+                        waited >= cfg.patience
+                        or (
+                            cfg.schedule == "plateau"
+                            and idle_at_floor(
+                                history.learning_rate,
+                                history.validation_loss or history.train_loss,
+                                cfg.min_learning_rate,
+                                cfg.schedule_patience + 1,
+                            )
+                        )
                     ):
                         history.stopped_early = True
                     finished = history.stopped_early or epoch >= cfg.max_epochs
@@ -423,21 +433,6 @@ parameters, with the early-stopping count reset). Checkpoints are read with ``to
                 "values differ); resume with the same simulations"
             )
         return state
-
-
-def _idle_at_floor(history: NPEHistory, cfg: NPEConfig) -> bool:
-    """Whether the plateau schedule has run its last ``schedule_patience + 1`` epochs at the
-    learning-rate floor without improving the monitored loss by the schedule's relative
-    threshold (1e-4). Read from the history alone, so a resumed run decides alike."""
-    window = cfg.schedule_patience + 1
-    if cfg.schedule != "plateau" or history.epochs <= window:
-        return False
-    floor = cfg.min_learning_rate * (1 + 1e-6)
-    if any(lr > floor for lr in history.learning_rate[-window:]):
-        return False
-    losses = history.validation_loss or history.train_loss
-    before = min(losses[:-window])
-    return min(losses[-window:]) > before - 1e-4 * abs(before)
 
 
 def _copy_state(module: nn.Module) -> dict[str, Tensor]:
