@@ -66,17 +66,18 @@ def image_posterior(
     columns += (["|mean - truth|"] if error is not None else []) + ["posterior\nstd"]
     bars = ["intensity"] + (["error"] if error is not None else []) + ["posterior std"]
     rows = observations.shape[0]
+    # each colour bar gets a narrow column and a spacer for its tick labels and name
     figure, axes = plt.subplots(
         rows,
-        len(columns) + len(bars),
+        len(columns) + 2 * len(bars),
         figsize=(1.3 * len(columns) + 0.9 * len(bars), 1.3 * rows + 0.8),
         squeeze=False,
-        gridspec_kw={"width_ratios": [1.0] * len(columns) + [0.08] * len(bars)},
+        gridspec_kw={"width_ratios": [1.0] * len(columns) + [0.08, 0.55] * len(bars)},
     )
     grid = axes[0][-1].get_gridspec()
     for ax in axes[:, len(columns) :].flat:
         ax.remove()
-    bar_axes = [figure.add_subplot(grid[:, len(columns) + i]) for i in range(len(bars))]
+    bar_axes = [figure.add_subplot(grid[:, len(columns) + 2 * i]) for i in range(len(bars))]
     low = float(samples.min()) if truth is None else min(float(truth.min()), 0.0)
     high = float(samples.max()) if truth is None else max(float(truth.max()), 1.0)
     top = float(std.max())
