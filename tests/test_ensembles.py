@@ -32,6 +32,7 @@ def test_uniform_mixture_log_prob_sample_and_rsample() -> None:
     drawn.sum().backward()
     # every sample moves with the location of the member that drew it: d/dloc sums to 64
     assert float(loc.grad.sum()) == pytest.approx(64.0)
+    assert mix.rsample(3).shape == mix.sample(3).shape == (3,)
     with pytest.raises(ValueError, match="member 1 has batch_shape"):
         UniformMixture([Normal(0.0, 1.0), Normal(torch.zeros(2), 1.0)])
 

@@ -88,7 +88,8 @@ class UniformMixture(Distribution):
         """Reparametrised samples ``(*sample_shape, *batch_shape, *event_shape)``."""
         if not self.has_rsample:
             raise NotImplementedError("UniformMixture: a member has no rsample")
-        shape = self._extended_shape(sample_shape)[: -len(self.event_shape) or None]
+        sample_shape = (sample_shape,) if isinstance(sample_shape, int) else sample_shape
+        shape = torch.Size(sample_shape) + self.batch_shape
         return self._pick([m.rsample(sample_shape) for m in self.members], shape)
 
     def sample(self, sample_shape: Sequence[int] | int = ()) -> Tensor:
