@@ -37,35 +37,44 @@ def test_uniform_mixture_log_prob_sample_and_rsample() -> None:
         UniformMixture([Normal(0.0, 1.0), Normal(torch.zeros(2), 1.0)])
 
 
-def test_npe_trains_each_member_on_its_own_loss_and_the_mixture_is_the_posterior() -> None:
+def _member(seed: int) -> ConditionalFlow:
+    torch.manual_seed(100 + seed)  # the conditioners' initial weights
+    return ConditionalFlow(
+        coupling_flow(2, 2, depth=1, hidden=8, seed=seed), event_shape=(2,), observation_shape=(2,)
+    )
+
+
+def test_npe_trains_each_member_as_if_alone_and_the_mixture_is_their_average() -> None:
+    """Members share no parameter: with the same batches, each ends where it would have
+    trained alone (the 1/K of the mean loss is absorbed by Adam, up to its epsilon)."""
     task = GaussianLinear(2)
-    data = simulate(task, 1000, seed=0)
-    members = [
-        ConditionalFlow(coupling_flow(2, 2, depth=2, hidden=16, seed=k), event_shape=(2,))
-        for k in range(2)
-    ]
-    torch.manual_seed(0)
-    ensemble = FlowEnsemble(*members)
-    config = NPEConfig(max_epochs=10, batch_size=32, learning_rate=3e-3, schedule="cosine")
+    data = simulate(task, 300, seed=0)
+    config = NPEConfig(max_epochs=3, batch_size=32, learning_rate=3e-3, clip_grad_norm=None)
+    ensemble = FlowEnsemble(_member(0), _member(1))
     history = NPETrainer(ensemble, config).fit(data.theta, data.x)
     assert history.validation_loss[-1] < history.validation_loss[0]
-    x = data.x[:4]
-    theta = data.theta[:4]
+    for k in range(2):
+        alone = _member(k)
+        start = [p.detach().clone() for p in alone.parameters()]
+        NPETrainer(alone, config).fit(data.theta, data.x)
+        moved = max(
+            float((p - p0).abs().max()) for p, p0 in zip(alone.parameters(), start, strict=True)
+        )
+        assert moved > 0.05  # training moved the weights far more than the tolerance
+        for (name, a), b in zip(
+            ensemble.members[k].named_parameters(), alone.parameters(), strict=True
+        ):
+            # Adam's epsilon against gradients 1/K as large: differences ~5e-4 after 27 steps
+            assert float((a - b).detach().abs().max()) < 3e-3, name
+    x, theta = data.x[:4], data.theta[:4]
     per_member = ensemble.member_log_prob(theta, x)
     assert per_member.shape == (2, 4)
     assert not torch.allclose(per_member[0], per_member[1])  # different members
     mixture = ensemble(x).log_prob(theta)
     torch.testing.assert_close(mixture, per_member.logsumexp(0) - math.log(2))
-    # a typical observation (x ~ N(0, 0.2 I)); the prior would miss the posterior's mean by
-    # 0.67 and its width by 41%
-    x_o = torch.tensor([0.3, -0.2])
     with torch.no_grad():
-        samples = ensemble(x_o[None]).sample((4000,))[:, 0].double()
-    mean, covariance = task.posterior_moments(x_o[None])
-    std = covariance.diagonal().sqrt()
-    assert ((samples.mean(0) - mean[0]).abs() / std).max() < 0.4
-    ratio = samples.std(0) / std  # an ensemble errs on the wide side; the prior's is 1.41
-    assert bool(((ratio > 0.85) & (ratio < 1.3)).all()), ratio
+        samples = ensemble(x[0]).sample((1000,))
+    assert samples.shape == (1000, 2)
 
 
 def test_recipe_ensemble_trains_saves_and_samples(tmp_path, capsys) -> None:
@@ -83,6 +92,7 @@ def test_recipe_ensemble_trains_saves_and_samples(tmp_path, capsys) -> None:
     loaded, _ = hf.load(out / "model.pt")
     assert isinstance(loaded, FlowEnsemble)
     samples = tmp_path / "s.pt"
-    assert main(["sample", "--model", str(out / "model.pt"), "--out", str(samples)]) == 0
+    argv = ["sample", "--model", str(out / "model.pt"), "--out", str(samples), "--c2st", "fast"]
+    assert main(argv) == 0
     assert torch.load(samples, weights_only=True)["samples"].shape == (256, 4, 2)
     capsys.readouterr()
