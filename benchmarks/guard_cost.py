@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ]
     print(f"{args.size}x{args.size}, depth {args.depth} ({layers} layers), batch {args.batch}")
     for row in rows:
-        print(f"  {row['config']:>10}: {row['seconds'] * 1e3:8.1f} ms CPU ({row['ratio']:.3f}x off)")
+        print(
+            f"  {row['config']:>10}: {row['seconds'] * 1e3:8.1f} ms CPU ({row['ratio']:.3f}x off)"
+        )
     print(
         f"  guard keeps {guard_bytes} bytes for backward = {guard_bytes / layers:.0f} per layer "
         f"= {guard_bytes / layers / activation:.3%} of one activation ({activation} bytes)"

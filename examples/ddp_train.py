@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Tensor]:
         optimizer.zero_grad(set_to_none=True)
         batch_theta, batch_x = local(step)
         micro = shard // args.accumulate
+        step_loss = torch.zeros(())  # this rank's mean loss over its shard
         for k in range(args.accumulate):
             last = k == args.accumulate - 1
             sync = contextlib.nullcontext() if last or not distributed else trained.no_sync()
@@ -115,9 +116,14 @@ def main(argv: list[str] | None = None) -> dict[str, Tensor]:
                 part = slice(k * micro, (k + 1) * micro)
                 loss = trained(batch_theta[part], batch_x[part]) / args.accumulate
                 loss.backward()
+                step_loss += loss.detach()
         optimizer.step()
-        if rank == 0 and (step % 10 == 0 or step == args.steps - 1):
-            print(f"step {step:4d}  loss {float(loss.detach()) * args.accumulate:.4f}", flush=True)
+        if step % 10 == 0 or step == args.steps - 1:
+            if distributed:  # every rank takes part: the global batch's mean loss
+                dist.all_reduce(step_loss)
+                step_loss /= world
+            if rank == 0:
+                print(f"step {step:4d}  loss {float(step_loss):.4f} (global batch)", flush=True)
     if rank == 0:
         print(f"{args.steps} steps on {world} process(es) in {time.perf_counter() - started:.1f} s")
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -310,7 +310,8 @@ def test_yaml_recipe_matches_toml(tmp_path) -> None:
 def test_train_writes_model_and_resume_equals_an_uninterrupted_run(tmp_path, capsys) -> None:
     config = _config(tmp_path)
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main(["train", "--config", str(config), "--out", str(straight), "--quiet"]) == 0
+    # (issue 15: --quiet prints nothing, so this run is not quiet)
+    assert main(["train", "--config", str(config), "--out", str(straight)]) == 0
     printed = capsys.readouterr().out
     assert "trained 2 epoch(s)" in printed and str(straight / "model.pt") in printed
     for name in ("model.pt", "checkpoint.pt", "history.csv", "training_curve.png"):

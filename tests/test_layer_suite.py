@@ -27,6 +27,9 @@ from hybridflow.layers import (
     AdditiveCoupling,
     Affine,
     AffineCoupling,
+    Bounded,
+    ConditionalAffine,
+    ConditionalSpline,
     HaarSqueeze,
     HINTCoupling,
     InvConv1x1,
@@ -143,6 +146,25 @@ def _coupling(cls, features: int = 4, **kw):
     )
 
 
+INF = math.inf
+BOUNDS = ([-1.0, 0.0, -INF, -INF], [2.0, INF, 1.0, INF])  # a box, a lower, an upper, none
+
+
+def inside_bounds(shape: tuple[int, ...]) -> Tensor:
+    """Points well inside :data:`BOUNDS`, where finite differences stay in the support."""
+    u = 0.1 + 0.8 * torch.rand(shape)
+    return torch.stack(
+        [-1 + 3 * u[:, 0], 0.2 + u[:, 1], 0.8 - u[:, 2], torch.randn(shape[0])], dim=1
+    )
+
+
+def _elementwise(cls, features: int, **kw):
+    """A conditional elementwise layer; its smooth conditioner sees the condition alone."""
+    return lambda d, c: cls(
+        features, c, spatial_dims=d, subnet=smooth_subnet(d) if c else None, **kw
+    )
+
+
 def _split(d: int, c: int) -> hf.InvertibleModule:
     inner = hf.Chain(
         ActNorm(2), AffineCoupling(2, cond_features=c, spatial_dims=d, subnet=smooth_subnet(d))
@@ -177,6 +199,23 @@ CASES: list[Case] = [
         "SplineCoupling", _coupling(SplineCoupling, bins=3, bound=1.5), 4, conds=ALL_CONDS, scale=2
     ),
     *cases("HINTCoupling", _coupling(HINTCoupling, depth=2), 4, conds=ALL_CONDS),
+    *cases(
+        "ConditionalSpline",
+        _elementwise(ConditionalSpline, 1, bins=3, bound=1.5),
+        1,
+        conds=ALL_CONDS,
+        scale=2,
+    ),
+    *cases(
+        "ConditionalSpline-3",
+        _elementwise(ConditionalSpline, 3, bins=4, bound=1.5),
+        3,
+        (0, 2),
+        ("none", "vector"),
+        scale=2,
+    ),
+    *cases("ConditionalAffine", _elementwise(ConditionalAffine, 1), 1, conds=ALL_CONDS),
+    *cases("Bounded", lambda d, c: Bounded(*BOUNDS), 4, (0,), sample=inside_bounds),
     *cases("HINTCoupling-r3", _coupling(HINTCoupling, 7, depth=3), 7, (0,), ("none", "vector")),
     *cases("Split", _split, 3, FIELDS, ("none", "field")),
     *cases(

@@ -161,3 +161,32 @@ def test_set_summary_learns_how_posteriors_sharpen_with_set_size() -> None:
         # mean. A summary blind to n cannot pass both n = 1 (width 0.71) and n = 8 (0.33).
         torch.testing.assert_close(samples.std(0), torch.full((2,), expected_std), rtol=0.2, atol=0)
         assert float((samples.mean(0) - expected_mean).abs().max()) < 0.35 * expected_std
+
+
+def test_standardize_is_built_from_a_shape_fitted_and_saved(tmp_path) -> None:
+    import hybridflow as hf
+    from hybridflow.summary import Sequential
+
+    x = torch.randn(50, 3) * 4 + 2
+    scaler = Standardize((3,))
+    torch.testing.assert_close(scaler(x), x)  # identity until fitted
+    assert scaler.fit(x) is scaler
+    torch.testing.assert_close(scaler.mean, x.mean(0))
+    # the documented NPE recipe (docs/sbi.md) saves and loads, statistics included
+    flow = ConditionalFlow(
+        coupling_flow(2, 4, depth=1, hidden=8),
+        Sequential(Standardize.from_data(x), MLP(3, 4, hidden=8)),
+        event_shape=(2,),
+        observation_shape=(3,),
+    )
+    hf.save(flow, tmp_path / "npe.pt")
+    loaded, _ = hf.load(tmp_path / "npe.pt")
+    torch.testing.assert_close(loaded.summary[0].std, x.std(0))
+    theta = torch.randn(5, 2)
+    torch.testing.assert_close(loaded(x[:5]).log_prob(theta), flow(x[:5]).log_prob(theta))
+    with pytest.raises(ValueError, match=r"shape \(2,\) do not match"):
+        Standardize((3,)).fit(torch.randn(4, 2))
+    with pytest.raises(TypeError, match="shape of one observation"):
+        Standardize(torch.zeros(3))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="nn.Modules"):
+        Sequential(lambda v: v)  # type: ignore[arg-type]

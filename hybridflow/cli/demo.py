@@ -31,6 +31,7 @@ from torch import Tensor
 from hybridflow.bench.step_memory import StepMemory, measure_step_memory
 from hybridflow.cli.errors import UsageError
 from hybridflow.cli.figures import image_posterior
+from hybridflow.cli.help import HelpFormatter, plain
 from hybridflow.cli.outputs import output_folder, write_text
 from hybridflow.cli.recipe import build_flow, check_recipe
 from hybridflow.cli.sample import draw_samples
@@ -390,8 +391,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "demo",
         help="train, see and measure a posterior for an image inverse problem (minutes)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="toy sizes: seconds, for a test")

@@ -7,9 +7,13 @@ A recipe is a dict of sections, read from TOML (or YAML where PyYAML is installe
                     gaussian_linear: dim)
     [simulations]   count, seed
     [flow]          kind = "glow" (image parameters) | "coupling" (vectors), mode, depth,
-                    hidden, seed; glow: levels, squeeze, clamp; coupling: coupling, bins, bound
-    [summary]       kind = "cnn" | "mlp" | "none", features; cnn: hidden, depth, output,
-                    pool_size; mlp: hidden, depth
+                    hidden, seed, ensemble (K members, seeds seed .. seed + K - 1, whose
+                    mixture is the posterior); glow: levels, squeeze, clamp; coupling: coupling, bins, bound,
+                    support ("prior": the flow's mass stays inside a bounded prior; "real")
+    [summary]       kind = "cnn" | "mlp" | "none", features, standardize (z-score the
+                    observations with statistics of the training simulations: true for mlp
+                    and none, false for cnn); cnn: hidden, depth, output, pool_size; mlp:
+                    hidden, depth
     [training]      the fields of hybridflow.sbi.NPEConfig (false for "none" in patience and
                     clip_grad_norm)
 
@@ -31,7 +35,8 @@ from typing import Any
 import torch
 
 from hybridflow.cli.errors import UsageError
-from hybridflow.distributions import ConditionalFlow, coupling_flow
+from hybridflow.distributions import ConditionalFlow, FlowEnsemble, coupling_flow
+from hybridflow.layers import SPLINE_BOUND
 from hybridflow.networks import Glow
 from hybridflow.sbi import (
     SLCP,
@@ -41,13 +46,14 @@ from hybridflow.sbi import (
     Task,
     TwoMoons,
 )
-from hybridflow.summary import CNN, MLP
+from hybridflow.summary import CNN, MLP, Sequential, Standardize
 
 __all__ = [
     "TASKS",
     "build_flow",
     "build_task",
     "check_recipe",
+    "fit_standardize",
     "load_recipe",
     "npe_config",
     "recipe_summary",
@@ -68,15 +74,28 @@ _TASK_OPTIONS: dict[str, dict[str, Any]] = {
     "two_moons": {},
 }
 _SIMULATIONS = {"count": 10_000, "seed": 0}
-_FLOW_COMMON = {"mode": "invert", "depth": 4, "hidden": 64, "seed": 0}
+_FLOW_COMMON = {"mode": "invert", "depth": 4, "hidden": 64, "seed": 0, "ensemble": 1}
 _FLOW = {
     "glow": {**_FLOW_COMMON, "levels": 2, "squeeze": "pixel", "clamp": 2.0},
-    "coupling": {**_FLOW_COMMON, "coupling": "affine", "bins": 8, "bound": 4.0},
+    "coupling": {
+        **_FLOW_COMMON,
+        "coupling": "spline",
+        "bins": 8,
+        "bound": SPLINE_BOUND,
+        "support": "prior",
+    },
 }
 _SUMMARY = {
-    "cnn": {"features": 8, "hidden": 32, "depth": 3, "output": None, "pool_size": 4},
-    "mlp": {"features": 8, "hidden": 64, "depth": 2},
-    "none": {},
+    "cnn": {
+        "features": 8,
+        "hidden": 32,
+        "depth": 3,
+        "output": None,
+        "pool_size": 4,
+        "standardize": False,
+    },
+    "mlp": {"features": 8, "hidden": 64, "depth": 2, "standardize": True},
+    "none": {"standardize": True},
 }
 _OPTIONAL = ("patience", "clip_grad_norm")  # NPEConfig fields where `false` means None
 
@@ -114,7 +133,7 @@ def _check_sizes(
             )
 
 
-_FLOW_SIZES = {"depth": 1, "hidden": 1, "levels": 1, "bins": 1, "seed": 0}
+_FLOW_SIZES = {"depth": 1, "hidden": 1, "levels": 1, "bins": 1, "seed": 0, "ensemble": 1}
 _SUMMARY_SIZES = {
     "cnn": {"features": 1, "hidden": 1, "depth": 1, "pool_size": 1},
     "mlp": {"features": 1, "hidden": 1, "depth": 0},
@@ -190,6 +209,8 @@ def check_recipe(data: Any, source: str = "recipe") -> dict[str, Any]:
         )
     flow = {"kind": flow_kind, **_fill(flow_section, _FLOW[flow_kind], source, "flow", ("kind",))}
     _check_sizes(flow, _FLOW_SIZES, source, "flow")
+    if flow_kind == "coupling":
+        _choice(flow["support"], ["prior", "real"], source, "flow", "support")
 
     summary_section = data.get("summary", {})
     summary_kind = _choice(
@@ -209,6 +230,11 @@ def check_recipe(data: Any, source: str = "recipe") -> dict[str, Any]:
         **_fill(summary_section, _SUMMARY[summary_kind], source, "summary", ("kind",)),
     }
     _check_sizes(summary, _SUMMARY_SIZES[summary_kind], source, "summary")
+    if not isinstance(summary["standardize"], bool):
+        raise UsageError(
+            f"{_where(source, 'summary')} standardize must be true or false, got "
+            f"{summary['standardize']!r}"
+        )
     if summary_kind == "cnn" and summary["output"] is None:
         summary["output"] = "field" if flow_kind == "glow" else "vector"
 
@@ -293,19 +319,27 @@ def build_task(recipe: dict[str, Any]) -> Task:
         raise UsageError(f"[task] {error}") from error
 
 
-def build_flow(recipe: dict[str, Any], task: Task) -> ConditionalFlow:
+def build_flow(recipe: dict[str, Any], task: Task) -> ConditionalFlow | FlowEnsemble:
     """The conditional flow of a checked recipe for ``task`` (weights from ``flow.seed``;
-    the global random state is left as it was).
+    the global random state is left as it was): a :class:`FlowEnsemble` of ``flow.ensemble``
+    members seeded ``seed, seed + 1, ...`` when that is above 1.
 
     Raises:
         UsageError: a size the network refuses, e.g. images not divisible by
             ``2**levels``.
     """
+    seed, count = recipe["flow"]["seed"], recipe["flow"].get("ensemble", 1)
+    if count == 1:
+        return _build_member(recipe, task, seed)
+    return FlowEnsemble(*(_build_member(recipe, task, seed + k) for k in range(count)))
+
+
+def _build_member(recipe: dict[str, Any], task: Task, seed: int) -> ConditionalFlow:
     flow, summary = recipe["flow"], recipe["summary"]
     features = summary.get("features", 0)
     x_shape, theta_shape = task.x_shape, task.theta_shape
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(flow["seed"])
+        torch.manual_seed(seed)
         try:
             if summary["kind"] == "cnn":
                 network: torch.nn.Module | None = CNN(
@@ -326,6 +360,9 @@ def build_flow(recipe: dict[str, Any], task: Task) -> ConditionalFlow:
                     raise UsageError(
                         "[summary] kind 'none' needs vector observations; use 'cnn' for images"
                     )
+            if summary.get("standardize", False):  # fitted by fit_standardize
+                scaler = Standardize(x_shape)
+                network = scaler if network is None else Sequential(scaler, network)
             if flow["kind"] == "glow":
                 sizes = theta_shape[1:]
                 if any(s % 2 ** flow["levels"] for s in sizes):
@@ -343,7 +380,7 @@ def build_flow(recipe: dict[str, Any], task: Task) -> ConditionalFlow:
                     mode=flow["mode"],
                     squeeze=flow["squeeze"],
                     clamp=flow["clamp"],
-                    seed=flow["seed"],
+                    seed=seed,
                 )
             else:
                 transform = coupling_flow(
@@ -355,13 +392,22 @@ def build_flow(recipe: dict[str, Any], task: Task) -> ConditionalFlow:
                     bins=flow["bins"],
                     bound=flow["bound"],
                     mode=flow["mode"],
-                    seed=flow["seed"],
+                    seed=seed,
+                    support=task.prior if flow["support"] == "prior" else None,
                 )
         except (TypeError, ValueError) as error:
             if isinstance(error, UsageError):
                 raise
             raise UsageError(f"[flow]/[summary] {error}") from error
     return ConditionalFlow(transform, network, event_shape=theta_shape, observation_shape=x_shape)
+
+
+def fit_standardize(flow: ConditionalFlow | FlowEnsemble, x: torch.Tensor) -> None:
+    """Fit the :class:`~hybridflow.summary.Standardize` of a recipe's summaries (if they have
+    one) on the training observations ``x`` ``(N, *x_shape)``."""
+    for module in flow.modules():
+        if isinstance(module, Standardize):
+            module.fit(x)
 
 
 def npe_config(recipe: dict[str, Any], *, progress: bool, **overrides: Any) -> NPEConfig:

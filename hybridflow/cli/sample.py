@@ -6,12 +6,17 @@ reference observations (``--held-out 0 1 2``, the default being the first four; 
 trained by ``hybridflow train`` or ``hybridflow demo``, whose recipe names the task). Writes a
 ``.pt`` file (``torch.load(..., weights_only=True)``) holding ``samples``
 ``(num, B, *theta_shape)``, ``observations``, ``mean``, ``std`` and, for held-out
-observations, ``truth``; ``--png`` also draws them.
+observations, ``truth`` and (vector tasks) the share of samples inside the prior's support,
+``inside_prior``; where the task has a reference posterior also ``reference`` samples and the
+``c2st`` of each observation, which are printed. ``--png`` also draws them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import io
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,17 +27,19 @@ from torch import Tensor
 
 from hybridflow.cli.errors import UsageError
 from hybridflow.cli.figures import image_posterior, vector_posterior
+from hybridflow.cli.help import HelpFormatter, plain
 from hybridflow.cli.outputs import output_folder
 from hybridflow.cli.recipe import build_task, check_recipe
 from hybridflow.cli.threads import torch_threads
-from hybridflow.distributions import ConditionalFlow
+from hybridflow.distributions import ConditionalFlow, FlowEnsemble
 from hybridflow.integrity import read_torch_file
+from hybridflow.sbi import Task, c2st
 from hybridflow.serialization import atomic_torch_save, load
 
 __all__ = ["add_parser", "draw_samples", "load_flow", "read_observations", "run"]
 
 
-def load_flow(path: str | Path) -> tuple[ConditionalFlow, dict[str, Any]]:
+def load_flow(path: str | Path) -> tuple[ConditionalFlow | FlowEnsemble, dict[str, Any]]:
     """Load a conditional flow saved with :func:`hybridflow.save`; ``(flow, metadata)``.
 
     Raises:
@@ -43,10 +50,10 @@ def load_flow(path: str | Path) -> tuple[ConditionalFlow, dict[str, Any]]:
     if not path.is_file():
         raise UsageError(f"model file {path} does not exist")
     flow, metadata = load(path)
-    if not isinstance(flow, ConditionalFlow):
+    if not isinstance(flow, (ConditionalFlow, FlowEnsemble)):
         raise UsageError(
-            f"{path} holds a {type(flow).__name__}, not a ConditionalFlow; sampling a posterior "
-            "needs a conditional flow"
+            f"{path} holds a {type(flow).__name__}, not a ConditionalFlow or FlowEnsemble; "
+            "sampling a posterior needs a conditional flow"
         )
     return flow.eval(), metadata
 
@@ -72,7 +79,9 @@ def read_observations(path: str | Path) -> Tensor:
     return data
 
 
-def draw_samples(flow: ConditionalFlow, observations: Tensor, num: int, seed: int) -> Tensor:
+def draw_samples(
+    flow: ConditionalFlow | FlowEnsemble, observations: Tensor, num: int, seed: int
+) -> Tensor:
     """``num`` posterior samples ``(num, B, *event_shape)`` for a batch of observations,
     reproducible from ``seed`` (the global random state is left as it was).
 
@@ -87,13 +96,24 @@ def draw_samples(flow: ConditionalFlow, observations: Tensor, num: int, seed: in
             raise UsageError(str(error)) from error
 
 
+def _reference(task: Task, observations: Tensor, num: int, seed: int) -> Tensor | None:
+    """``num`` reference posterior samples ``(num, B, D)`` per observation, or ``None`` when
+    the task has no reference posterior."""
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        draws = [task.reference_posterior(x, num, generator) for x in observations]
+    except NotImplementedError:
+        return None
+    return torch.stack(draws, dim=1)
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``sample`` and its flags."""
     parser = subparsers.add_parser(
         "sample",
         help="draw posterior samples from a saved model",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", required=True, type=Path, help="model file (model.pt)")
     source = parser.add_mutually_exclusive_group()
@@ -105,7 +125,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
     parser.add_argument("--out", type=Path, default=Path("samples.pt"), help="output .pt file")
     parser.add_argument("--png", type=Path, help="also draw the samples to this PNG")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (as train and the demo)"
+    )
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first (repeatable), so that a model with your own "
+        "configurable summary network loads; it runs that module's code",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print nothing (errors only)")
+    parser.add_argument(
+        "--c2st",
+        choices=["sbibm", "fast", "none"],
+        default="sbibm",
+        help="for held-out observations of a task with a reference posterior: draw as many "
+        "reference samples, print the C2ST of each observation with this recipe (sbibm's "
+        "reference classifier, or its early-stopping variant)",
+    )
     return parser
 
 
@@ -123,10 +163,27 @@ def run(args: argparse.Namespace) -> int:
         return _run(args)
 
 
+def _import_modules(names: list[str]) -> None:
+    """Import the user's modules (``--import``), which register their configurable classes."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise UsageError(f"--import {name}: cannot import it ({error})") from error
+
+
 def _run(args: argparse.Namespace) -> int:
     """Read the model and the observations, check the outputs, sample, write."""
+    _import_modules(args.imports)
+    if args.quiet:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return _sample(args)
+    return _sample(args)
+
+
+def _sample(args: argparse.Namespace) -> int:
     flow, metadata = load_flow(args.model)
-    truth, missing = None, None
+    truth, missing, task = None, None, None
     if args.observations is not None:
         observations = read_observations(args.observations)
         shape = flow.observation_shape
@@ -153,12 +210,13 @@ def _run(args: argparse.Namespace) -> int:
         for target in (args.out, args.png):
             if target is not None:
                 folders.enter_context(output_folder(target.parent))
-        return _write(args, flow, observations, truth, titles, missing)
+        return _write(args, flow, task, observations, truth, titles, missing)
 
 
 def _write(
     args: argparse.Namespace,
-    flow: ConditionalFlow,
+    flow: ConditionalFlow | FlowEnsemble,
+    task: Task | None,
     observations: Tensor,
     truth: Tensor | None,
     titles: list[str],
@@ -174,6 +232,25 @@ def _write(
     }
     if truth is not None:
         result["truth"] = truth
+    reference = None
+    if task is not None and samples.dim() == 3 and args.c2st != "none":
+        reference = _reference(task, observations, args.num, args.seed)
+    if reference is not None:
+        scores = [
+            c2st(reference[:, b], samples[:, b], recipe=args.c2st) for b in range(samples.shape[1])
+        ]
+        result["reference"] = reference
+        result["c2st"] = torch.tensor(scores, dtype=torch.float64)
+        print(
+            f"C2ST against the reference posterior ({args.c2st} recipe; 0.5 = perfect): "
+            + ", ".join(f"{v:.3f}" for v in scores)
+            + f"; mean {sum(scores) / len(scores):.3f}"
+        )
+    if task is not None and samples.dim() == 3:
+        inside = task.prior.support.check(samples).reshape(*samples.shape[:2], -1).all(-1)
+        result["inside_prior"] = inside.double().mean(0)
+        rates = ", ".join(f"{float(r):.1%}" for r in result["inside_prior"])
+        print(f"samples inside the prior's support: {rates}")
     atomic_torch_save(result, args.out)
     print(
         f"wrote {args.out}: samples {tuple(samples.shape)} for {observations.shape[0]} "
@@ -185,7 +262,7 @@ def _write(
                 observations, samples, args.png, truth, titles=titles, missing=missing
             )
         elif samples.dim() == 3:
-            path = vector_posterior(samples, args.png, truth, titles=titles)
+            path = vector_posterior(samples, args.png, truth, titles=titles, reference=reference)
         else:
             print(f"no figure: parameters of shape {tuple(samples.shape[2:])}", file=sys.stderr)
             return 0

@@ -20,16 +20,18 @@ from typing import Any, TextIO
 
 from hybridflow.cli.errors import UsageError
 from hybridflow.cli.figures import training_curve
+from hybridflow.cli.help import HelpFormatter, plain
 from hybridflow.cli.outputs import output_folder, pyplot, write_text
 from hybridflow.cli.recipe import (
     build_flow,
     build_task,
+    fit_standardize,
     load_recipe,
     npe_config,
     recipe_summary,
 )
 from hybridflow.cli.threads import torch_threads
-from hybridflow.distributions import ConditionalFlow
+from hybridflow.distributions import ConditionalFlow, FlowEnsemble
 from hybridflow.errors import FileFormatError
 from hybridflow.sbi import EpochRecord, NPEHistory, NPETrainer, Task, load_checkpoint, simulate
 from hybridflow.serialization import save
@@ -53,7 +55,7 @@ class TrainResult:
         seconds: wall time of this call.
     """
 
-    flow: ConditionalFlow
+    flow: ConditionalFlow | FlowEnsemble
     task: Task
     history: NPEHistory
     files: dict[str, Path]
@@ -132,13 +134,21 @@ def train_recipe(
         say(f"training: {recipe_summary(recipe)}")
         count, seed = recipe["simulations"]["count"], recipe["simulations"]["seed"]
         data = simulate(task, count, seed=seed)
+        fit_standardize(flow, data.x)  # a resumed run loads the same statistics back
         try:
             if resume and checkpoint.exists():
-                finished = bool(load_checkpoint(checkpoint).get("finished"))
-                say(
-                    f"{checkpoint}: "
-                    + ("a finished run: nothing more to train" if finished else "resuming")
-                )
+                saved = load_checkpoint(checkpoint)
+                finished = bool(saved.get("finished"))
+                epochs = len(saved.get("history", {}).get("train_loss", []))
+                if finished and epochs < config.max_epochs:
+                    state = (
+                        f"a finished run of {epochs} epoch(s): training on to {config.max_epochs}"
+                    )
+                elif finished:
+                    state = "a finished run: nothing more to train (raise --epochs to train on)"
+                else:
+                    state = "resuming"
+                say(f"{checkpoint}: {state}")
             elif resume:
                 say(f"no checkpoint at {checkpoint} yet: starting afresh")
             history = trainer.fit(data.theta, data.x, resume=resume, on_epoch_end=report)
@@ -164,8 +174,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
         help="train a posterior flow from a TOML config, with checkpoints and resume",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--config", required=True, type=Path, help="recipe file (.toml, .yaml)")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/<config name>)")
@@ -174,9 +184,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     group.add_argument(
         "--overwrite", action="store_true", help="start afresh over an existing checkpoint"
     )
-    parser.add_argument("--epochs", type=int, help="override [training] max_epochs")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar, no messages")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="override [training] max_epochs; with --resume, a finished run trains on to N",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (as the demo: these small models run no faster on more)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print nothing (errors only)")
     return parser
 
 
@@ -195,6 +214,8 @@ def run(args: argparse.Namespace) -> int:
             log=None if args.quiet else sys.stderr,
             **overrides,
         )
+    if args.quiet:
+        return 0
     history = result.history
     val = history.validation_loss[history.best_epoch - 1] if history.validation_loss else None
     print(

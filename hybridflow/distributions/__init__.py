@@ -3,7 +3,10 @@
 from hybridflow.distributions.base import FixedDistribution, StandardNormal
 from hybridflow.distributions.builders import CouplingKind, coupling_flow
 from hybridflow.distributions.distribution import FlowDistribution
+from hybridflow.distributions.ensemble import FlowEnsemble
 from hybridflow.distributions.flows import ConditionalFlow, Flow
+from hybridflow.distributions.mixture import UniformMixture
+from hybridflow.distributions.support import Support, support_bounds
 
 __all__ = [
     "ConditionalFlow",
@@ -11,6 +14,10 @@ __all__ = [
     "FixedDistribution",
     "Flow",
     "FlowDistribution",
+    "FlowEnsemble",
     "StandardNormal",
+    "Support",
+    "UniformMixture",
     "coupling_flow",
+    "support_bounds",
 ]

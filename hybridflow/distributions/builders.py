@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal, get_args
 
 from hybridflow.arguments import integer, number, one_of, positive_int
 from hybridflow.autograd.chain import Chain, Mode
 from hybridflow.autograd.module import InvertibleModule
+from hybridflow.distributions.support import Support, support_bounds
 from hybridflow.layers.actnorm import ActNorm
+from hybridflow.layers.conditional_elementwise import ConditionalAffine, ConditionalSpline
 from hybridflow.layers.conv1x1 import InvConv1x1
 from hybridflow.layers.coupling import AffineCoupling
-from hybridflow.layers.spline_coupling import SplineCoupling
+from hybridflow.layers.spline_coupling import SPLINE_BOUND, SplineCoupling
+from hybridflow.layers.support import Bounded
 
 __all__ = ["CouplingKind", "coupling_flow"]
 
@@ -25,11 +29,12 @@ def coupling_flow(
     *,
     depth: int = 4,
     hidden: int = 64,
-    coupling: CouplingKind = "affine",
+    coupling: CouplingKind = "spline",
     bins: int = 8,
-    bound: float = 4.0,
+    bound: float = SPLINE_BOUND,
     mode: Mode = "invert",
     seed: int | None = 0,
+    support: Support | None = None,
 ) -> Chain:
     r"""A normalizing transform for vectors ``(B, features)``: ``depth`` steps of
     :class:`~hybridflow.layers.ActNorm` -> :class:`~hybridflow.layers.InvConv1x1` ->
@@ -37,21 +42,37 @@ def coupling_flow(
 
     ActNorm's data-dependent initialisation standardises the parameters from the first
     training batch; the learned 1x1 convolution (a dense invertible ``features x features``
-    matrix) mixes the entries between couplings so that every entry is transformed. The
-    couplings start as the identity, so an untrained flow is the base distribution pushed
-    through the ActNorm layers.
+    matrix) mixes the entries between couplings so that every entry is transformed (odd ``D``
+    splits into ``D // 2`` pass-through and ``D - D // 2`` transformed entries). The couplings
+    start as the identity, so an untrained flow is the base distribution pushed through the
+    ActNorm layers.
+
+    **One parameter.** With ``features=1`` there is nothing to couple: each step is ActNorm
+    -> :class:`~hybridflow.layers.ConditionalSpline` (or
+    :class:`~hybridflow.layers.ConditionalAffine`), an elementwise map whose parameters come
+    from the condition alone (learned constants without one).
+
+    **Bounded parameters.** With ``support`` given (a box prior, say), the chain starts with
+    :class:`~hybridflow.layers.Bounded`, which maps the support onto :math:`\mathbb{R}^D`
+    (logit for boxes, inverse softplus for half lines): the flow's density lives on the
+    support and its samples never leak past the prior.
 
     Args:
-        features: size ``D`` of a parameter vector, at least 2.
+        features: size ``D`` of a parameter vector, at least 1.
         cond_features: size of the condition (summary output); 0 for an unconditional flow.
         depth: number of steps.
         hidden: width of the couplings' conditioners.
-        coupling: ``"affine"`` or ``"spline"`` (see :data:`CouplingKind`).
+        coupling: ``"spline"`` (the default, as in every example) or ``"affine"`` (see
+            :data:`CouplingKind`).
         bins: spline bins (``"spline"`` only).
         bound: the spline's interval :math:`[-B, B]` in standardised units (identity
-            outside); ``"spline"`` only.
+            outside; default :data:`~hybridflow.layers.SPLINE_BOUND`, shared with
+            :class:`~hybridflow.layers.SplineCoupling`); ``"spline"`` only.
         mode: ``"invert"`` (memory flat in depth) or ``"store"`` (plain autograd).
         seed: seed of the 1x1 convolutions' initial rotations (``None``: the global RNG).
+        support: the parameters' support: a prior (``task.prior``), a torch constraint or a
+            pair ``(lower, upper)`` (see :data:`~hybridflow.distributions.support.Support`);
+            ``None`` (or an unbounded support) for all of :math:`\mathbb{R}^D`.
 
     Returns:
         The chain, whose ``forward(theta, cond)`` maps parameters to latents.
@@ -68,7 +89,7 @@ def coupling_flow(
         Kingma & Dhariwal, "Glow", 2018; Durkan et al., "Neural Spline Flows", 2019.
     """
     where = "coupling_flow"
-    integer(features, "features", where, minimum=2)
+    integer(features, "features", where, minimum=1)
     integer(cond_features, "cond_features", where, minimum=0)
     positive_int(depth, "depth", where)
     positive_int(hidden, "hidden", where)
@@ -79,9 +100,22 @@ def coupling_flow(
     one_of(mode, "mode", where, get_args(Mode))
     integer(seed, "seed", where, minimum=0, optional=True)
     layers: list[InvertibleModule] = []
+    if support is not None:
+        lower, upper = support_bounds(support, features)
+        if any(math.isfinite(b) for b in (*lower, *upper)):
+            layers.append(Bounded(lower, upper))
     for step in range(depth):
+        block: InvertibleModule
+        if features == 1:
+            block = (
+                ConditionalAffine(1, cond_features, hidden)
+                if coupling == "affine"
+                else ConditionalSpline(1, cond_features, hidden, bins=bins, bound=bound)
+            )
+            layers += [ActNorm(1), block]
+            continue
         if coupling == "affine":
-            block: InvertibleModule = AffineCoupling(features, hidden, cond_features)
+            block = AffineCoupling(features, hidden, cond_features)
         else:
             block = SplineCoupling(features, hidden, cond_features, bins=bins, bound=bound)
         layers += [

@@ -230,6 +230,14 @@ class ConditionalFlow(nn.Module, Configurable):
         )
         shape = self.observation_shape
         if shape is None:
+            if x.dim() < 2 and self.summary is None:
+                raise InputError(
+                    f"an observation of shape {tuple(x.shape)} is no batch (B, ...), and "
+                    "without observation_shape one unbatched observation cannot be told from "
+                    "a batch; build the flow with "
+                    f"ConditionalFlow(..., observation_shape={tuple(x.shape)}) or pass x[None]",
+                    where=(where,),
+                )
             batched = x, True
         elif _matches(tuple(x.shape), shape):
             return x.unsqueeze(0), False
@@ -274,7 +282,8 @@ class ConditionalFlow(nn.Module, Configurable):
         if cond.dim() < 2:
             raise InputError(
                 f"the condition must be a tensor (B, ...) with at least two dimensions, got "
-                f"{tuple(cond.shape)}",
+                f"{tuple(cond.shape)}; for one unbatched observation build the flow with "
+                "observation_shape=<shape of one observation> (or pass x[None])",
                 where=("ConditionalFlow",),
             )
         check_finite(

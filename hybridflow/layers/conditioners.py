@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from hybridflow.arguments import one_of, positive_int
 from hybridflow.errors import ArgumentTypeError
 
-__all__ = ["Subnet", "check_subnet", "default_conditioner"]
+__all__ = ["ConstantConditioner", "Subnet", "check_subnet", "default_conditioner"]
 
 Subnet = Callable[[int, int], nn.Module]
 """A conditioner factory: ``subnet(in_features, out_features) -> nn.Module``."""
@@ -64,3 +65,25 @@ def check_subnet(subnet: object, where: str) -> None:
             argument="subnet",
             where=(where,),
         )
+
+
+class ConstantConditioner(nn.Module):
+    """A learned output that depends on nothing: the conditioner of a layer with no input to
+    condition on (an unconditional :class:`~hybridflow.layers.ConditionalSpline`).
+
+    ``forward(x)`` with ``x`` of shape ``(B, 0, *S)`` returns the zero-initialised parameter
+    broadcast to ``(B, out_features, *S)``, so the layer starts as the identity.
+
+    Args:
+        out_features: channels of the output.
+        spatial_dims: trailing spatial dimensions of the input (0 for vectors).
+    """
+
+    def __init__(self, out_features: int, spatial_dims: int = 0) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.value = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (x.shape[0], self.value.numel(), *x.shape[2:])
+        return self.value.view(1, -1, *([1] * self.spatial_dims)).expand(shape)

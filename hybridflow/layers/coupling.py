@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 
 from hybridflow.arguments import integer, number, one_of, positive_int
 from hybridflow.autograd.checks import check_condition, check_finite, check_input
 from hybridflow.autograd.module import InvertibleModule, Reconstruction, vjp_wrt
-from hybridflow.layers.conditioners import Subnet, check_subnet, default_conditioner
+from hybridflow.errors import ArgumentError
+from hybridflow.layers.conditioners import (
+    ConstantConditioner,
+    Subnet,
+    check_subnet,
+    default_conditioner,
+)
 
 __all__ = ["AffineCoupling", "CouplingLayer"]
 
@@ -37,6 +45,9 @@ class CouplingLayer(InvertibleModule):
     """
 
     params_per_feature: int = 1
+    passes_half: ClassVar[bool] = True
+    """``False`` for the elementwise conditional variants: every feature is transformed and
+    the conditioner sees the condition alone (the pass-through half is empty)."""
 
     def __init__(
         self,
@@ -48,7 +59,15 @@ class CouplingLayer(InvertibleModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        integer(num_features, "num_features", name, minimum=2)
+        minimum = 2 if self.passes_half else 1
+        if minimum == 2 and num_features == 1 and not isinstance(num_features, bool):
+            raise ArgumentError(
+                "num_features must be at least 2 (half of the features pass through), got 1; "
+                "for one feature use ConditionalSpline or ConditionalAffine",
+                argument="num_features",
+                where=(name,),
+            )
+        integer(num_features, "num_features", name, minimum=minimum)
         positive_int(hidden, "hidden", name)
         integer(cond_features, "cond_features", name, minimum=0)
         one_of(spatial_dims, "spatial_dims", name, (0, 1, 2, 3))
@@ -56,14 +75,15 @@ class CouplingLayer(InvertibleModule):
         self.num_features = num_features
         self.cond_features = cond_features
         self.spatial_dims = spatial_dims
-        self.split_size = num_features // 2
+        self.split_size = num_features // 2 if self.passes_half else 0
         in_features = self.split_size + cond_features
         out_features = (num_features - self.split_size) * self.params_per_feature
-        self.conditioner = (
-            subnet(in_features, out_features)
-            if subnet is not None
-            else default_conditioner(in_features, out_features, hidden, spatial_dims)
-        )
+        if subnet is not None:
+            self.conditioner = subnet(in_features, out_features)
+        elif in_features == 0:
+            self.conditioner = ConstantConditioner(out_features, spatial_dims)
+        else:
+            self.conditioner = default_conditioner(in_features, out_features, hidden, spatial_dims)
 
     @property
     def takes_condition(self) -> bool:

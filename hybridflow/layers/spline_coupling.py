@@ -13,7 +13,12 @@ from hybridflow.arguments import integer, number
 from hybridflow.layers.conditioners import Subnet
 from hybridflow.layers.coupling import CouplingLayer
 
-__all__ = ["SplineCoupling", "SplineKnots"]
+__all__ = ["SPLINE_BOUND", "SplineCoupling", "SplineKnots"]
+
+SPLINE_BOUND = 4.0
+"""The default half width ``B`` of every spline's interval :math:`[-B, B]` (in the
+standardised units that ActNorm gives): one value for :class:`SplineCoupling`,
+:class:`~hybridflow.layers.ConditionalSpline` and :func:`~hybridflow.distributions.coupling_flow`."""
 
 
 class SplineKnots(NamedTuple):
@@ -132,7 +137,8 @@ class SplineCoupling(CouplingLayer):
         subnet: see :class:`~hybridflow.layers.CouplingLayer`; it must output
             ``(3 * bins - 1)`` channels per transformed channel, grouped per channel.
         bins: the number of bins ``K``, at least 2.
-        bound: the half width ``B`` of the spline's interval; identity outside.
+        bound: the half width ``B`` of the spline's interval; identity outside (default
+            :data:`SPLINE_BOUND`).
         min_bin_width: floor of a bin's width, as a fraction of ``2B``.
         min_bin_height: floor of a bin's height, as a fraction of ``2B``.
         min_derivative: floor of the interior knot derivatives.
@@ -160,7 +166,7 @@ class SplineCoupling(CouplingLayer):
         spatial_dims: int = 0,
         subnet: Subnet | None = None,
         bins: int = 8,
-        bound: float = 3.0,
+        bound: float = SPLINE_BOUND,
         min_bin_width: float = 1e-3,
         min_bin_height: float = 1e-3,
         min_derivative: float = 1e-3,

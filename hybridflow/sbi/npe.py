@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from hybridflow.arguments import boolean, one_of
 from hybridflow.autograd.drift import max_drift
+from hybridflow.distributions.ensemble import FlowEnsemble
 from hybridflow.errors import CheckpointMismatch, InputError
 from hybridflow.sbi.checkpoint import save_checkpoint
 from hybridflow.sbi.data import NonFinitePolicy, Observations, Simulations, check_simulations
@@ -22,6 +23,7 @@ from hybridflow.sbi.training import (
     build_scheduler,
     check_number,
     forked_rng,
+    idle_at_floor,
     load_run_checkpoint,
     model_device,
     progress_bar,
@@ -63,11 +65,16 @@ class NPEConfig:
         validation_fraction: share of the pairs held out for validation (0 disables it;
             early stopping and the plateau schedule then watch the training loss).
         patience: stop after this many epochs without a better validation loss (``None``:
-            never stop early). The parameters of the best epoch are restored at the end.
+            never stop early). The parameters of the best epoch are restored at the end. With
+            the plateau schedule, the run also stops once the learning rate has reached
+            ``min_learning_rate`` and more than ``schedule_patience`` epochs there brought no
+            improvement by the schedule's relative threshold (1e-4): nothing is left to try,
+            so the run does not idle at the floor until ``patience`` runs out.
         schedule: learning-rate schedule, see :data:`~hybridflow.sbi.training.ScheduleKind`.
         schedule_factor: the plateau schedule's multiplier.
         schedule_patience: epochs without improvement before the plateau schedule acts.
-        min_learning_rate: floor of the plateau schedule, end of the cosine one.
+        min_learning_rate: floor of the plateau schedule (1/50 of the default learning rate:
+            six halvings), end of the cosine one.
         clip_grad_norm: clip the gradient's global norm to this (``None``: no clipping).
         seed: seed of the split, the shuffling and torch's global generator during training.
         nonfinite: what to do with simulations holding NaN/Inf (``"drop"`` or ``"raise"``).
@@ -84,7 +91,7 @@ class NPEConfig:
     schedule: ScheduleKind = "plateau"
     schedule_factor: float = 0.5
     schedule_patience: int = 5
-    min_learning_rate: float = 1e-6
+    min_learning_rate: float = 1e-5
     clip_grad_norm: float | None = 5.0
     seed: int = 0
     nonfinite: NonFinitePolicy = "drop"
@@ -170,7 +177,9 @@ class NPETrainer:
     ``flow`` is any module whose call ``flow(*x_parts)`` returns a distribution over
     :math:`\theta` with ``batch_shape == (B,)`` (a
     :class:`~hybridflow.distributions.ConditionalFlow`, whose summary network then trains
-    jointly). A share of the pairs is held out for validation; training stops early when the
+    jointly), or a :class:`~hybridflow.distributions.FlowEnsemble` of ``K`` such flows, whose
+    members are trained together, each on its own loss (the loss reported is their mean). A
+    share of the pairs is held out for validation; training stops early when the
     validation loss has not improved for ``patience`` epochs, and the parameters of the best
     epoch are restored. The learning rate follows the configured schedule; gradients are
     clipped. Training runs with torch's global generator forked and seeded from
@@ -179,10 +188,12 @@ class NPETrainer:
     **Checkpoints.** With ``checkpoint`` set, the model, the optimiser, the schedule, the
     early-stopping state, the history, the random states and the configuration (as a plain
     dict) are written every ``checkpoint_every`` epochs, atomically (temporary file, then
-    :func:`os.replace`), so an interrupted save never corrupts the previous checkpoint. ``fit(...,
-    resume=True)`` continues from it and ends where an uninterrupted run with the same seed
-    would. Checkpoints are read with ``torch.load(..., weights_only=True)`` and checksummed;
-    a resume checks every part of the checkpoint before it restores anything.
+    :func:`os.replace`), so an interrupted save never corrupts the previous checkpoint.
+    ``fit(..., resume=True)`` continues from it and ends where an uninterrupted run with
+    the same seed would; a finished run resumed with a larger ``max_epochs`` trains on
+    (from the best epoch's parameters, with the early-stopping count reset). Checkpoints
+    are read with ``torch.load(..., weights_only=True)`` and checksummed; a resume checks
+    every part of the checkpoint before it restores anything.
 
     Args:
         flow: the conditional density estimator.
@@ -238,7 +249,10 @@ class NPETrainer:
     def _loss(self, data: Simulations, index: Tensor, device: torch.device) -> Tensor:
         theta = data.theta[index].to(device)
         parts = tuple(p[index].to(device) for p in data.parts)
-        log_prob = self.flow(*parts).log_prob(theta)
+        if isinstance(self.flow, FlowEnsemble):  # each member on its own loss
+            log_prob = self.flow.member_log_prob(theta, *parts).mean(0)
+        else:
+            log_prob = self.flow(*parts).log_prob(theta)
         if log_prob.shape != theta.shape[:1]:
             raise ValueError(
                 f"NPETrainer: flow(x).log_prob(theta) has shape {tuple(log_prob.shape)}, expected "
@@ -330,6 +344,9 @@ class NPETrainer:
             bar = progress_bar(cfg.progress, cfg.max_epochs, history.epochs, "NPE")
             try:
                 finished = state is not None and state["finished"]
+                if finished and history.epochs < cfg.max_epochs:
+                    # a finished run resumed with more epochs trains on from its best state
+                    finished, waited, history.stopped_early = False, 0, False
                 while not finished and history.epochs < cfg.max_epochs:
                     epoch = history.epochs + 1
                     lr = optimizer.param_groups[0]["lr"]
@@ -347,7 +364,18 @@ class NPETrainer:
                         best_state = _copy_state(self.flow)
                     else:
                         waited += 1
-                    if cfg.patience is not None and waited >= cfg.patience:
+                    if cfg.patience is not None and (
+                        waited >= cfg.patience
+                        or (
+                            cfg.schedule == "plateau"
+                            and idle_at_floor(
+                                history.learning_rate,
+                                history.validation_loss or history.train_loss,
+                                cfg.min_learning_rate,
+                                cfg.schedule_patience + 1,
+                            )
+                        )
+                    ):
                         history.stopped_early = True
                     finished = history.stopped_early or epoch >= cfg.max_epochs
                     if finished and best_state is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -11,11 +11,26 @@ from torch.distributions import Distribution
 
 from hybridflow.arguments import positive_int
 
-__all__ = ["LeakageWarning", "sample_posterior"]
+__all__ = ["LeakageWarning", "PosteriorSamples", "rejection_sample", "sample_posterior"]
 
 
 class LeakageWarning(UserWarning):
     """Much of the flow's mass lies outside the prior's support."""
+
+
+class PosteriorSamples(NamedTuple):
+    """What :func:`rejection_sample` returns.
+
+    Attributes:
+        samples: the accepted samples ``(n, *event_shape)``, without gradients.
+        acceptance_rate: the share of the flow's samples inside the prior's support (1.0
+            without a prior): the flow's mass inside the support, up to Monte Carlo error.
+        drawn: how many samples the flow drew to keep ``n``.
+    """
+
+    samples: Tensor
+    acceptance_rate: float
+    drawn: int
 
 
 def sample_posterior(
@@ -27,12 +42,31 @@ def sample_posterior(
     batch_size: int = 10_000,
     max_rounds: int = 100,
 ) -> Tensor:
-    r"""``num_samples`` draws of :math:`q(\theta \mid x_o)` for one observation, ``(n, *event)``.
+    r"""``num_samples`` draws of :math:`q(\theta \mid x_o)` for one observation, ``(n, *event)``;
+    :func:`rejection_sample` with the samples only (see there for the arguments)."""
+    return rejection_sample(
+        flow, x_o, num_samples, prior=prior, batch_size=batch_size, max_rounds=max_rounds
+    ).samples
+
+
+def rejection_sample(
+    flow: nn.Module,
+    x_o: Any,
+    num_samples: int,
+    *,
+    prior: Distribution | None = None,
+    batch_size: int = 10_000,
+    max_rounds: int = 100,
+) -> PosteriorSamples:
+    r"""``num_samples`` draws of :math:`q(\theta \mid x_o)` for one observation and the
+    acceptance rate of the rejection that keeps them inside the prior's support.
 
     With ``prior`` given, samples outside its support (``prior.support.check``) are rejected,
     the usual remedy for the leakage of a flow (whose support is all of :math:`\mathbb{R}^n`)
-    past a bounded prior; the result is :math:`q` truncated to the support. A
-    :class:`LeakageWarning` reports an acceptance rate below 50%.
+    past a bounded prior; the result is :math:`q` truncated to the support. The acceptance
+    rate is returned (and a :class:`LeakageWarning` reports one below 50%). A flow built with
+    ``coupling_flow(..., support=prior)`` keeps its mass inside the support (rate 1, up to
+    samples rounded onto a boundary in float32).
 
     Args:
         flow: ``flow(x)`` returns a distribution (a
@@ -45,7 +79,8 @@ def sample_posterior(
         max_rounds: rounds of rejection before giving up with ``RuntimeError``.
 
     Returns:
-        The samples, without gradients.
+        :class:`PosteriorSamples`: the samples ``(n, *event)``, without gradients, the
+        acceptance rate and the number drawn.
     """
     positive_int(num_samples, "num_samples", "sample_posterior")
     with torch.no_grad():
@@ -73,11 +108,12 @@ def sample_posterior(
                 f"sample_posterior: only {have} of {drawn} samples fell inside the prior's "
                 f"support, short of {num_samples}; the flow puts its mass outside the prior"
             )
-    if prior is not None and have / drawn < 0.5:
+    rate = have / drawn
+    if prior is not None and rate < 0.5:
         warnings.warn(
-            f"sample_posterior: only {have / drawn:.1%} of the flow's samples lie inside the "
+            f"sample_posterior: only {rate:.1%} of the flow's samples lie inside the "
             "prior's support (leakage); train longer or on more simulations",
             LeakageWarning,
             stacklevel=2,
         )
-    return torch.cat(kept)[:num_samples]
+    return PosteriorSamples(torch.cat(kept)[:num_samples], rate, drawn)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -23,6 +23,7 @@ __all__ = [
     "check_config_matches",
     "check_number",
     "forked_rng",
+    "idle_at_floor",
     "load_run_checkpoint",
     "model_device",
     "progress_bar",
@@ -100,6 +101,26 @@ def build_scheduler(
             optimizer, factor=factor, patience=patience, min_lr=min_learning_rate
         )
     return None
+
+
+def idle_at_floor(
+    learning_rates: Sequence[float], losses: Sequence[float], floor: float, window: int
+) -> bool:
+    """Whether the last ``window`` epochs ran at the learning-rate ``floor`` without improving
+    the best earlier loss by the plateau schedule's relative threshold (1e-4): a plateau
+    schedule has nothing left to try. Read from the history alone, so a resumed run decides
+    alike.
+
+    Example:
+        >>> idle_at_floor([1e-3, 1e-5, 1e-5], [1.0, 0.99995, 0.99999], 1e-5, 2)
+        True
+    """
+    if len(learning_rates) <= window or len(losses) <= window:
+        return False
+    if any(lr > floor * (1 + 1e-6) for lr in learning_rates[-window:]):
+        return False
+    before = min(losses[:-window])
+    return min(losses[-window:]) > before - 1e-4 * abs(before)
 
 
 def scheduler_step(scheduler: Any, monitored: float) -> None:

@@ -4,6 +4,7 @@ from hybridflow.summary.attention import SetTransformer
 from hybridflow.summary.cnn import CNN, SummaryOutput
 from hybridflow.summary.deepset import DeepSet, Pooling
 from hybridflow.summary.mlp import MLP
+from hybridflow.summary.sequential import Sequential
 from hybridflow.summary.sets import as_padded_set, pad_sets
 from hybridflow.summary.standardize import Standardize
 
@@ -12,6 +13,7 @@ __all__ = [
     "MLP",
     "DeepSet",
     "Pooling",
+    "Sequential",
     "SetTransformer",
     "Standardize",
     "SummaryOutput",

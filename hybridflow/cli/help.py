@@ -1,0 +1,42 @@
+"""Help texts of the command line: plain text (no reST markup) with every default shown."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+__all__ = ["HelpFormatter", "plain"]
+
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")  # :func:`~hybridflow.save` -> hybridflow.save
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain(text: str | None) -> str:
+    """A module docstring as terminal text: reST roles and double backquotes removed.
+
+    Example:
+        >>> plain("Writes ``model.pt`` (:func:`~hybridflow.save`).")
+        'Writes model.pt (save).'
+    """
+    if not text:
+        return ""
+    text = _ROLE.sub(lambda m: m.group(1).split(".")[-1] if "~" in m.group(0) else m.group(1), text)
+    return _LITERAL.sub(r"\1", text).replace("::\n", ":\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and appends ``(default: ...)`` to the help of each
+    flag with a default (as ``argparse.ArgumentDefaultsHelpFormatter``, but not for ``None``
+    or a switch's ``False``, where a help text says what happens without the flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or not action.option_strings
+            or action.default is None
+            or action.default is False
+            or action.default is argparse.SUPPRESS
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)"
