@@ -38,7 +38,7 @@ class Model:
 
 
 def _vector_chain(**kwargs) -> hf.Chain:
-    return coupling_flow(4, cond_features=2, depth=2, hidden=8, **kwargs)
+    return coupling_flow(4, cond_features=2, depth=2, hidden=8, coupling="affine", **kwargs)
 
 
 def _chain(bad: Callable[[hf.Chain], object], double: bool = False) -> Callable[[], Model]:
@@ -434,8 +434,8 @@ _ARGUMENTS: dict[str, tuple[Callable[[], object], type[Exception], str, str]] = 
         "hidden",
         "coupling_flow",
     ),
-    "coupling_flow features=1": (
-        lambda: coupling_flow(1),
+    "coupling_flow features=0": (
+        lambda: coupling_flow(0),
         ArgumentError,
         "features",
         "coupling_flow",

@@ -62,8 +62,8 @@ class CouplingLayer(InvertibleModule):
         minimum = 2 if self.passes_half else 1
         if minimum == 2 and num_features == 1 and not isinstance(num_features, bool):
             raise ArgumentError(
-                "num_features must be at least 2 (half of the features pass through), got 1; "
-                "for one feature use ConditionalSpline or ConditionalAffine",
+                "num_features must be an int >= 2 (half of the features pass through), got "
+                "1; for one feature use ConditionalSpline or ConditionalAffine",
                 argument="num_features",
                 where=(name,),
             )
