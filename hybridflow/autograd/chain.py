@@ -15,6 +15,7 @@ from hybridflow.autograd.function import ReconstructingFunction
 from hybridflow.autograd.microbatch import check_acts_per_sample, reconstruct_in_slices
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
 from hybridflow.autograd.replay import ReplayState, is_replaying
+from hybridflow.autograd.tiling import TileSize, check_tile_size, check_tileable, tiled
 
 __all__ = ["Chain", "Mode"]
 
@@ -48,6 +49,14 @@ class Chain(InvertibleModule):
             (seeded once per call), so that random layers (dropout in a conditioner) draw the
             same numbers when re-run during backward. Costs one integer per call; disable only
             for deterministic layers. ``"store"`` mode draws exactly as ``nn.Sequential``.
+        tile_size: run the layers that can (couplings with convolutional conditioners) tile
+            by tile over the spatial dimensions, cores of this edge (one int, or one per
+            dimension) plus a halo of the conditioner's receptive field, whenever they run
+            without grad (the forward of ``"invert"`` mode, sampling) and while
+            reconstructing: the results are the same, and the working set scales with the
+            tile, not the image (:mod:`hybridflow.autograd.tiling`). ``None`` (default)
+            keeps an enclosing chain's setting. Refused, naming the part, for conditioners
+            whose receptive field is unbounded or that couple positions (GroupNorm).
 
     Example:
         >>> import torch, hybridflow as hf
@@ -65,6 +74,7 @@ class Chain(InvertibleModule):
         anchor_every: int | None = None,
         micro_batches: int = 1,
         preserve_rng_state: bool = True,
+        tile_size: TileSize | None = None,
     ) -> None:
         super().__init__()
         for i, module in enumerate(modules):
@@ -85,6 +95,9 @@ class Chain(InvertibleModule):
         self.anchor_every = anchor_every
         self.micro_batches = micro_batches
         self.preserve_rng_state = preserve_rng_state
+        self.tile_size = check_tile_size(tile_size, "Chain")
+        if self.tile_size is not None:
+            check_tileable(self, "Chain")
 
     def config_arguments(self) -> dict[str, object]:
         return {
@@ -93,6 +106,7 @@ class Chain(InvertibleModule):
             "anchor_every": self.anchor_every,
             "micro_batches": self.micro_batches,
             "preserve_rng_state": self.preserve_rng_state,
+            "tile_size": self.tile_size,
         }
 
     def __len__(self) -> int:
@@ -107,7 +121,8 @@ class Chain(InvertibleModule):
     def extra_repr(self) -> str:
         anchors = f", anchor_every={self.anchor_every}" if self.anchor_every else ""
         slices = f", micro_batches={self.micro_batches}" if self.micro_batches > 1 else ""
-        return f"mode={self.mode!r}{anchors}{slices}"
+        tiles = f", tile_size={self.tile_size}" if self.tile_size is not None else ""
+        return f"mode={self.mode!r}{anchors}{slices}{tiles}"
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         with _rollback_data_init_on_error(self):
@@ -179,7 +194,7 @@ class Chain(InvertibleModule):
         """
         logdet = h.new_zeros(h.shape[0])
         steps = self._steps(inverse)
-        with inside_chain(), replay.layers():
+        with inside_chain(), replay.layers(), tiled(self.tile_size):
             for count, (index, layer) in enumerate(steps, start=1):
                 with replay.layer(index), _named_errors(self, index, layer):
                     h, layer_logdet = layer.inverse(h, cond) if inverse else layer(h, cond)
@@ -228,7 +243,7 @@ class Chain(InvertibleModule):
         grad_cond: Tensor | None = None
         h, grad_h = output, grad_output
         steps = self._steps(inverse)
-        with inside_chain(), replay.layers():
+        with inside_chain(), replay.layers(), tiled(self.tile_size):
             for count in range(len(steps), 0, -1):
                 index, layer = steps[count - 1]
                 h = anchors.get(count, h)
