@@ -114,7 +114,9 @@ class GraphModule(nn.Module):
         options = [
             [
                 (s, estimate(segment, s, self.profile, batch))
-                for s in strategy_options(segment, modules, batch, max_inverted_run, flat)
+                for s in strategy_options(
+                    segment, modules, batch, max_inverted_run, flat, self.profile
+                )
             ]
             for segment in segments
         ]
