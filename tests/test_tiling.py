@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -14,6 +15,7 @@ import hybridflow as hf
 from hybridflow.autograd.tiling import check_tile_size, tile_grid, tiled
 from hybridflow.config import from_config, get_config
 from hybridflow.errors import ArgumentError, ArgumentTypeError
+from hybridflow.graph import BudgetError, Graph, Strategy
 from hybridflow.layers import (
     AdditiveCoupling,
     AffineCoupling,
@@ -291,3 +293,66 @@ def test_vector_couplings_in_a_tiled_chain_are_untouched(float64):
     x = torch.randn(3, 4, requires_grad=True)
     flow_loss(*chain(x)).backward()
     assert x.grad.shape == (3, 4)
+
+
+def _planned_flow(side=64, batch=2, hidden=32):
+    torch.manual_seed(6)
+    flow = _perturbed(Glow(2, levels=1, depth=2, hidden=hidden)).double()
+    for m in flow.modules():
+        if isinstance(m, hf.layers.ActNorm):
+            m.mark_initialized()
+
+    def nll(z, logdet):
+        return (0.5 * z.pow(2).flatten(1).sum(1) - logdet).mean() + torch.sin(z).mean()
+
+    graph = (
+        Graph()
+        .input("x")
+        .invertible("flow", flow, "x")
+        .autograd("loss", nll, ["flow", "flow.logdet"])
+        .output("loss")
+    )
+    sample = {"x": torch.randn(batch, 2, side, side, dtype=torch.float64)}
+    return graph.build(sample), sample
+
+
+def test_planner_tiles_below_the_untiled_minimum_with_exact_gradients():
+    model, sample = _planned_flow()
+    untiled = model.plan(math.inf, pin={"flow": Strategy("invert", micro_batches=2)})
+    budget = 0.9 * untiled.peak_bytes
+    with pytest.raises(BudgetError):  # no untiled plan fits, so tiles are what makes it fit
+        model.plan(budget, pin={"flow": Strategy("invert", micro_batches=2)})
+    plan = model.plan(budget)
+    chosen = plan.strategies()["flow"]
+    assert chosen.kind == "invert" and chosen.tile_size is not None
+    assert plan.peak_bytes <= budget and f"tile_size={chosen.tile_size}" in plan.table()
+    tiled_extra = plan.extra_cost
+    assert tiled_extra > untiled.extra_cost  # halos are computed more than once
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        x = sample["x"].clone().requires_grad_(True)
+        model(x=x)["loss"].backward()
+        return [x.grad, *(p.grad for p in model.parameters())]
+
+    tiled_grads = grads()
+    model.plan(math.inf)  # everything stored: plain autograd
+    for a, b in zip(grads(), tiled_grads, strict=True):
+        assert _relative(a, b) < 1e-10
+
+
+def test_pinned_tiles_are_refused_for_untileable_nodes():
+    flow = hf.Chain(
+        AffineCoupling(
+            4,
+            spatial_dims=2,
+            subnet=lambda i, o: nn.Sequential(
+                nn.Conv2d(i, 4, 3, padding=1), nn.GroupNorm(1, 4), nn.Conv2d(4, o, 1)
+            ),
+        )
+    )
+    graph = Graph().input("x").invertible("flow", flow, "x").output("flow")
+    with pytest.raises(ArgumentError, match="GroupNorm"):
+        graph.build({"x": torch.randn(2, 4, 8, 8)}, pin={"flow": Strategy("invert", tile_size=4)})
+    plan = graph.build({"x": torch.randn(2, 4, 8, 8)}).plan("1GiB")
+    assert plan.strategies()["flow"].tile_size is None  # never offered where it is inexact
