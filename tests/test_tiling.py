@@ -356,3 +356,13 @@ def test_pinned_tiles_are_refused_for_untileable_nodes():
         graph.build({"x": torch.randn(2, 4, 8, 8)}, pin={"flow": Strategy("invert", tile_size=4)})
     plan = graph.build({"x": torch.randn(2, 4, 8, 8)}).plan("1GiB")
     assert plan.strategies()["flow"].tile_size is None  # never offered where it is inexact
+
+
+@pytest.mark.parametrize("declared", ["2", -1, (1, 2, 3), ((1, 2, 3), 1), True])
+def test_a_malformed_declared_receptive_field_is_refused(declared):
+    class Declared(_Declared):
+        receptive_field = declared
+
+    layer = AffineCoupling(4, spatial_dims=2, subnet=lambda i, o: Declared(i, o))
+    with pytest.raises(ArgumentError, match="declares receptive_field"):
+        hf.Chain(layer, tile_size=4)
