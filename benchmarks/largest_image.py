@@ -1,17 +1,31 @@
-"""The largest image side that trains under a step-memory budget: autograd, checkpoint, planner.
+"""The largest image side that trains under a step-memory budget: autograd, checkpoint, invert,
+micro-batches, tiles, planner.
 
 The CPU analogue of the comparison in InvertibleNetworks.jl (arXiv 2312.13480), where a
 normalizing flow trains on 1024x1024 images while plain PyTorch fails at 480x480. The model
 is the single-scale Glow of ``common.GlowLike`` (``Squeeze(2)``, then ``--depth`` steps of
 ActNorm, 1x1 convolution and affine coupling with ``--hidden`` channels), trained with Adam on
-a batch of ``--batch`` RGB images of side ``s``, under three methods:
+a batch of ``--batch`` RGB images of side ``s``, under these methods:
 
 * ``autograd``: plain autograd (every activation stored);
 * ``checkpoint``: ``torch.utils.checkpoint`` around every Glow step;
+* ``invert``: one invert-mode chain (activations rebuilt by inversion);
+* ``micro``: the graph below with every node pinned to ``invert`` with ``--batch``
+  micro-batches (forward pass and reconstruction run one image at a time);
+* ``tiles``: the invert-mode chain with ``tile_size=--tile-size``: each coupling's
+  conditioner runs tile by tile (cores plus a halo of its receptive field) in the forward
+  pass and while reconstructing, so its working set is one tile's, not the image's;
 * ``planner``: the same layers as a :class:`hybridflow.graph.Graph` (the squeeze and one
   invertible node per step, then the loss as an autograd node), planned with
-  ``memory_budget=--budget``; at large sides it picks ``invert`` with micro-batches. The
-  graph is measured on a batch of one image and planned for ``--batch``.
+  ``memory_budget=--budget``; at large sides it picks ``invert`` with micro-batches and
+  tiles. The graph is measured on a batch of one image and planned for ``--batch``.
+
+With ``--volume`` the model is instead a 3D :class:`hybridflow.networks.Glow` (one channel,
+``--levels`` scales of ``--depth`` steps) on a batch of ``--batch`` cubes of side ``s``;
+methods ``autograd``, ``invert`` and ``tiles`` apply.
+
+``--warmup-side`` runs the warm-up step (ActNorm's initialisation, the optimizer's state) on
+smaller images, so that a try at a large side costs one large step rather than two.
 
 A side *trains* if a training step's peak memory, measured in a fresh process (``VmHWM`` after
 resetting it, glibc returning freed memory to the OS; see ``common.py``), is under the budget;
@@ -22,6 +36,10 @@ far past the budget (it then does not train), so failing tries end quickly.
     python benchmarks/largest_image.py                    # budget 256 MiB, a few minutes
     python benchmarks/largest_image.py --budget 2GiB      # the reference comparison (long)
     python benchmarks/largest_image.py --budget 2GiB --methods planner --sides 1536  # one try
+    python benchmarks/largest_image.py --budget 2GiB --methods tiles --sides 2048 \
+        --tile-size 128 --warmup-side 64                           # one try, about 10 minutes
+    python benchmarks/largest_image.py --volume --batch 1 --budget 2GiB --methods invert tiles \
+        --sides 128 192
 
 Prints one line per try and a summary table, and writes ``largest_image.csv`` to ``--out``.
 """
@@ -40,7 +58,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-METHODS = ("autograd", "checkpoint", "planner")
+METHODS = ("autograd", "checkpoint", "invert", "micro", "tiles", "planner")
+VOLUME_METHODS = ("autograd", "invert", "tiles")
 STEP = 32  # sides are multiples of this (divisible by the squeeze, and a coarse grid)
 
 
@@ -49,29 +68,52 @@ def child(config: dict) -> None:
     import torch
     from common import GlowLike, current_rss, gaussian_nll, peak_since_reset, reset_peak
 
-    from hybridflow.graph import BudgetError, Graph
+    from hybridflow.graph import BudgetError, Graph, Strategy
 
     torch.manual_seed(0)
     torch.set_num_threads(config["threads"])
     side, batch = config["side"], config["batch"]
     method = config["method"]
-    # the planner reuses the checkpoint model's squeeze and steps (store-mode chains) as nodes
-    glow = GlowLike(
-        3, config["depth"], config["hidden"], "store" if method == "autograd" else "checkpoint"
-    )
+    tile_size = config["tile_size"] if method == "tiles" else None
     plan_text = ""
-    if method == "planner":
+    estimate = None
+    if config["volume"]:
+        from hybridflow.networks import Glow
+
+        dims = (side,) * 3
+        flow = Glow(
+            1,
+            config["levels"],
+            config["depth"],
+            config["hidden"],
+            spatial_dims=3,
+            mode="store" if method == "autograd" else "invert",
+            tile_size=tile_size,
+        )
+        channels = 1
+
+        def loss_of(x: torch.Tensor) -> torch.Tensor:
+            return gaussian_nll(*flow(x))
+
+        params = list(flow.parameters())
+    elif method in ("micro", "planner"):
+        dims, channels = (side, side), 3
+        # the graph reuses the checkpoint model's squeeze and steps (store-mode chains) as nodes
+        glow = GlowLike(3, config["depth"], config["hidden"], "checkpoint")
         graph = Graph().input("x").invertible("squeeze", glow.squeeze, "x")
         previous = "squeeze"
         for i, step_module in enumerate(glow.steps):
             graph.invertible(f"step{i}", step_module, previous)
             previous = f"step{i}"
         graph.autograd("nll", gaussian_nll, [previous, f"{previous}.logdet"]).output("nll")
+        pinned = Strategy("invert", micro_batches=batch)
+        pin = {n: pinned for n in ["squeeze", *(f"step{i}" for i in range(len(glow.steps)))]}
         try:
             model = graph.build(
                 {"x": torch.randn(1, 3, side, side)},
                 memory_budget=config["budget"],
                 batch_size=batch,
+                pin=pin if method == "micro" else None,
             )
         except BudgetError as error:
             print(json.dumps({**config, "planned": False, "minimum": error.minimum}))
@@ -86,14 +128,17 @@ def child(config: dict) -> None:
 
         params = list(model.parameters())
     else:
-        estimate = None
+        dims, channels = (side, side), 3
+        mode = {"autograd": "store", "checkpoint": "checkpoint"}.get(method, "invert")
+        glow = GlowLike(3, config["depth"], config["hidden"], mode, tile_size=tile_size)
 
         def loss_of(x: torch.Tensor) -> torch.Tensor:
             return gaussian_nll(*glow(x))
 
         params = list(glow.parameters())
     optimizer = torch.optim.Adam(params, lr=1e-4)
-    x = torch.randn(batch, 3, side, side)
+    warmup = config.get("warmup_side") or side
+    x = torch.randn(batch, channels, *[warmup] * len(dims))
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -103,6 +148,8 @@ def child(config: dict) -> None:
         return float(loss.detach())
 
     step()  # warm-up: ActNorm initialisation, optimizer state
+    if warmup != side:
+        x = torch.randn(batch, channels, *dims)
     before = current_rss()
     reset_peak()
     start = time.perf_counter()
@@ -241,6 +288,10 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="256MiB", help="step-memory budget, e.g. 2GiB")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--tile-size", type=int, default=128, help="tile edge of method tiles")
+    parser.add_argument("--warmup-side", type=int, help="side of the warm-up step (default: s)")
+    parser.add_argument("--volume", action="store_true", help="a 3D Glow on cubes of side s")
+    parser.add_argument("--levels", type=int, default=2, help="scales of the 3D Glow")
     parser.add_argument("--depth", type=int, default=16, help="Glow steps")
     parser.add_argument("--hidden", type=int, default=64, help="conditioner channels")
     parser.add_argument("--batch", type=int, default=4)
@@ -258,6 +309,8 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
         child(json.loads(args.child))
         return {}
     budget = parse_bytes(args.budget, "--budget")
+    if args.volume and not set(args.methods) <= set(VOLUME_METHODS):
+        parser.error(f"--volume takes methods {VOLUME_METHODS}, got {args.methods}")
     if args.start % STEP or args.start < STEP:
         parser.error(f"--start must be a positive multiple of {STEP}, got {args.start}")
     if not Path("/proc/self/clear_refs").exists():
@@ -295,11 +348,16 @@ def _config(method: str, side: int, budget: float, args: argparse.Namespace) -> 
         "hidden": args.hidden,
         "batch": args.batch,
         "threads": args.threads,
+        "tile_size": args.tile_size,
+        "warmup_side": args.warmup_side,
+        "volume": args.volume,
+        "levels": args.levels,
     }
 
 
 def _write(rows: list[dict], out: Path) -> None:
-    path = out / "largest_image.csv"
+    volume = any(row.get("volume") for row in rows)
+    path = out / ("largest_volume.csv" if volume else "largest_image.csv")
     fields = sorted({key for row in rows for key in row})
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)

@@ -1,11 +1,14 @@
-"""Time per training step, store vs invert vs checkpoint, side by side in one process.
+"""Time per training step, store vs invert vs checkpoint vs tiled, side by side in one process.
 
 The Glow-like models of ``common.py`` (same parameters in every mode) take turns, one step
 each, for ``--repeats`` rounds after a warm-up; the median per mode is reported with its
 ratio to store mode. Interleaving puts every mode under the same machine load, which fresh
 processes timed one after another do not. Peak memory is measured by ``memory_depth.py``.
+Mode ``tiled`` is invert mode with the couplings run tile by tile (``--tile-size``); its
+ratio to ``invert`` is the cost of the halos and of the per-tile calls.
 
     python benchmarks/step_time.py --size 128 --depths 4 32
+    python benchmarks/step_time.py --size 512 --depths 16 --modes invert tiled --tile-size 128
     OMP_WAIT_POLICY=PASSIVE python benchmarks/step_time.py --size 128 --depths 4 32
 """
 
@@ -24,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import GlowLike, training_step
 
-MODES = ("store", "invert", "checkpoint")
+MODES = ("store", "invert", "checkpoint", "tiled")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -34,7 +37,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES[:3]))
+    parser.add_argument("--tile-size", type=int, default=128, help="tile edge of mode tiled")
     args = parser.parse_args(argv)
     x = torch.randn(args.batch, 3, args.size, args.size)
     rows = []
@@ -42,7 +46,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         models, optimizers = {}, {}
         for mode in args.modes:
             torch.manual_seed(0)
-            models[mode] = GlowLike(3, depth, args.hidden, mode)
+            models[mode] = (
+                GlowLike(3, depth, args.hidden, "invert", tile_size=args.tile_size)
+                if mode == "tiled"
+                else GlowLike(3, depth, args.hidden, mode)
+            )
             optimizers[mode] = torch.optim.Adam(models[mode].parameters(), lr=1e-4)
         for mode in args.modes:  # warm-up: ActNorm init, optimizer state, allocator pools
             for _ in range(2):
@@ -61,6 +69,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "mode": mode,
                     "ms": medians[mode],
                     "ratio": medians[mode] / medians.get("store", medians[mode]),
+                    "vs_invert": medians[mode] / medians.get("invert", medians[mode]),
                 }
             )
     policy = os.environ.get("OMP_WAIT_POLICY", "default")
@@ -68,9 +77,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"Glow-like step, {args.size}x{args.size}, batch {args.batch}, hidden {args.hidden}, "
         f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}, median of {args.repeats}"
     )
-    print(f"{'depth':>5} {'mode':>10} {'ms/step':>9} {'vs store':>8}")
+    print(f"{'depth':>5} {'mode':>10} {'ms/step':>9} {'vs store':>8} {'vs invert':>9}")
     for r in rows:
-        print(f"{r['depth']:>5} {r['mode']:>10} {r['ms']:>9.0f} {r['ratio']:>8.2f}")
+        print(
+            f"{r['depth']:>5} {r['mode']:>10} {r['ms']:>9.0f} {r['ratio']:>8.2f} "
+            f"{r['vs_invert']:>9.2f}"
+        )
     return rows
 
 

@@ -4,18 +4,25 @@ from hybridflow.autograd.chain import Chain, Mode
 from hybridflow.autograd.drift import DriftPolicy, DriftReport, max_drift
 from hybridflow.autograd.function import ReconstructingFunction
 from hybridflow.autograd.module import InvertibleModule, Reconstruction, vjp_wrt
+from hybridflow.autograd.tiling import Halo, Tileable, TileSize, active_tile_size, tile_grid, tiled
 from hybridflow.autograd.validation import set_validation, validation_enabled
 
 __all__ = [
     "Chain",
     "DriftPolicy",
     "DriftReport",
+    "Halo",
     "InvertibleModule",
     "Mode",
     "ReconstructingFunction",
     "Reconstruction",
+    "TileSize",
+    "Tileable",
+    "active_tile_size",
     "max_drift",
     "set_validation",
+    "tile_grid",
+    "tiled",
     "validation_enabled",
     "vjp_wrt",
 ]

@@ -28,6 +28,7 @@ from hybridflow.autograd.running_stats import (
     check_no_hidden_state,
     frozen_running_stats,
 )
+from hybridflow.autograd.tiling import TileSize, check_tile_size, check_tileable, tiled
 from hybridflow.autograd.validation import data_checks, torch_func_active
 from hybridflow.errors import ArgumentTypeError, InputError, InputTypeError
 
@@ -81,7 +82,6 @@ class Chain(InvertibleModule):
             costs a projection of each activation in both passes.
         name: the chain's name in messages (errors, drift warnings); default
             ``"Chain of N layers"``.
-
         validate: run the data-dependent entry checks (NaN/Inf in the input and condition):
             ``None`` follows :class:`hybridflow.set_validation` (on by default); pass
             ``False`` for speed, e.g. under ``torch.compile`` or ``torch.func`` transforms
@@ -89,6 +89,15 @@ class Chain(InvertibleModule):
             device against the parameters, a missing condition) always run, once, at the
             chain's entry, and name the layer: ``Chain layer 0 (ActNorm): input is
             torch.float64 but the parameters are torch.float32; ...``.
+
+        tile_size: run the layers that can (couplings with convolutional conditioners) tile
+            by tile over the spatial dimensions, cores of this edge (one int, or one per
+            dimension) plus a halo of the conditioner's receptive field, whenever they run
+            without grad (the forward of ``"invert"`` mode, sampling) and while
+            reconstructing: the results are the same, and the working set scales with the
+            tile, not the image (:mod:`hybridflow.autograd.tiling`). ``None`` (default)
+            keeps an enclosing chain's setting. Refused, naming the part, for conditioners
+            whose receptive field is unbounded or that couple positions (GroupNorm).
 
     Raises:
         hybridflow.errors.ModifiedError: in backward, when a parameter or buffer of the
@@ -116,6 +125,7 @@ class Chain(InvertibleModule):
         drift_every: int = DEFAULT_DRIFT_EVERY,
         name: str | None = None,
         validate: bool | None = None,
+        tile_size: TileSize | None = None,
     ) -> None:
         super().__init__()
         for i, module in enumerate(modules):
@@ -145,6 +155,9 @@ class Chain(InvertibleModule):
             )
         self.name = name
         self._drift_guard = DriftGuard(on_drift, drift_tolerance, drift_every, "Chain")
+        self.tile_size = check_tile_size(tile_size, "Chain")
+        if self.tile_size is not None:
+            check_tileable(self, "Chain")
 
     @property
     def drift_report(self) -> DriftReport | None:
@@ -163,6 +176,7 @@ class Chain(InvertibleModule):
             "drift_every": self._drift_guard.every,
             "name": self.name,
             **({} if self.validate is None else {"validate": self.validate}),
+            "tile_size": self.tile_size,
         }
 
     def __len__(self) -> int:
@@ -179,7 +193,8 @@ class Chain(InvertibleModule):
         slices = f", micro_batches={self.micro_batches}" if self.micro_batches > 1 else ""
         guard = self._drift_guard
         drift = "" if guard.on_drift == "warn" else f", on_drift={guard.on_drift!r}"
-        return f"mode={self.mode!r}{anchors}{slices}{drift}"
+        tiles = f", tile_size={self.tile_size}" if self.tile_size is not None else ""
+        return f"mode={self.mode!r}{anchors}{slices}{tiles}{drift}"
 
     def _describe(self) -> str:
         """The chain's name in messages."""
@@ -269,7 +284,7 @@ class Chain(InvertibleModule):
         invert-mode pass), each layer's input is fingerprinted and, where asked, kept.
         """
         logdet = h.new_zeros(h.shape[0])
-        with inside_chain(), replay.layers():
+        with inside_chain(), replay.layers(), tiled(self.tile_size):
             for index, layer in self._steps(inverse):
                 with at_layer(index, layer) as record:
                     if record is not None and not record.checking:
@@ -321,7 +336,7 @@ class Chain(InvertibleModule):
         grad_cond: Tensor | None = None
         h, grad_h = output, grad_output
         steps = self._steps(inverse)
-        with inside_chain(), replay.layers():
+        with inside_chain(), replay.layers(), tiled(self.tile_size):
             for index, layer in reversed(steps):
                 layer_params = tuple(layer.parameters())
                 with (

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from hybridflow.autograd.chain import Chain
+from hybridflow.autograd.tiling import TileSize
 from hybridflow.layers.actnorm import ActNorm
 from hybridflow.layers.conv1x1 import InvConv1x1
 from hybridflow.layers.coupling import AffineCoupling
@@ -34,6 +35,8 @@ class GlowLike(nn.Module):
             ``"checkpoint"`` (``torch.utils.checkpoint`` around every Glow step, whose layers
             run in store mode); see :data:`BenchMode`.
         anchor_every: the chain's ``anchor_every`` (``"invert"`` and ``"store"`` only).
+        micro_batches: the chain's ``micro_batches`` (``"invert"`` only).
+        tile_size: the chain's ``tile_size`` (``"invert"`` only): couplings run tile by tile.
 
     Example:
         >>> import torch
@@ -50,6 +53,8 @@ class GlowLike(nn.Module):
         hidden: int,
         mode: BenchMode,
         anchor_every: int | None = None,
+        micro_batches: int = 1,
+        tile_size: TileSize | None = None,
     ) -> None:
         super().__init__()
         if mode not in ("store", "invert", "checkpoint"):
@@ -71,7 +76,14 @@ class GlowLike(nn.Module):
             self.squeeze = Squeeze(2)
             self.steps = nn.ModuleList(steps)
         else:
-            self.flow = Chain(Squeeze(2), *steps, mode=mode, anchor_every=anchor_every)
+            self.flow = Chain(
+                Squeeze(2),
+                *steps,
+                mode=mode,
+                anchor_every=anchor_every,
+                micro_batches=micro_batches,
+                tile_size=tile_size,
+            )
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(z, logdet)`` of images ``x`` ``(B, C, H, W)``."""

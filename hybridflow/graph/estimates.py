@@ -23,6 +23,14 @@ forward cost, :math:`|x_i|`, :math:`|y_i|` the sizes of its input and output, an
   :math:`F_i = \max_l (S_l + |io_l|)` one layer run without autograd; the whole-batch input,
   output and their gradients are alive meanwhile. Extra compute :math:`\sum_i r_i c_i`.
 
+With ``tile_size``, a layer that runs tile by tile (a coupling with a convolutional
+conditioner) keeps :math:`g_l (S_l + 3 M_l)` instead of :math:`S_l + 3 M_l` (and :math:`g_l
+S_l` instead of :math:`S_l` in the forward pass), where :math:`g_l` is the share of the
+layer's positions in its largest tile extent (core plus halo): its conditioner maps shrink
+to one tile's, its input and output stay whole. The halos are computed twice or more: the
+forward and the reconstruction cost :math:`o - 1` more, where :math:`o \ge 1` is the largest
+ratio over the segment's tiled layers of positions computed (all extents) to positions.
+
 Here :math:`f = \lceil B / k \rceil / B` for ``micro_batches=k`` (:math:`f' = f` when the
 forward pass is sliced too, i.e. without anchors, else 1), and :math:`r_i = 1` for a node with
 a hand-written reconstructing rule (the conditioner re-run of a coupling, the closed form of
@@ -45,6 +53,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from hybridflow.autograd.microbatch import check_acts_per_sample
+from hybridflow.autograd.tiling import TileSize, tile_grid
 from hybridflow.graph.layer_memory import LayerUse
 from hybridflow.graph.nodes import Port
 from hybridflow.graph.profile import GraphProfile
@@ -54,9 +63,11 @@ from hybridflow.graph.strategy import Strategy
 __all__ = [
     "GRADIENT_COPIES",
     "MICRO_BATCH_OVERHEAD",
+    "SMALLEST_TILE",
     "Estimate",
     "estimate",
     "strategy_options",
+    "tile_factors",
 ]
 
 GRADIENT_COPIES = 3
@@ -66,6 +77,25 @@ operation: the incoming gradient, the outgoing one, and a temporary of an elemen
 MICRO_BATCH_OVERHEAD = 0.05
 """Extra compute per additional micro-batch, as a fraction of the segment's reconstruction
 (smaller kernels, one more call per node per slice). A tie-breaker more than a measurement."""
+
+
+SMALLEST_TILE = 16
+"""The smallest tile edge the planner considers: below it, the halos and the per-tile calls
+cost more than the memory they save."""
+
+
+def tile_factors(use: LayerUse, tile_size: TileSize | None) -> tuple[float, float]:
+    """``(g, o)`` of a layer tiled by ``tile_size``: the share of its positions in its largest
+    tile extent, and the positions computed over all extents per position (1, 1 untiled)."""
+    if tile_size is None or not use.halo:
+        return 1.0, 1.0
+    sizes = (tile_size,) * len(use.spatial) if isinstance(tile_size, int) else tile_size
+    largest = computed = 1.0
+    for n, t, halo in zip(use.spatial, sizes, use.halo, strict=True):
+        extents = [tile.extent[0] for tile in tile_grid((n,), t, (halo,))]
+        largest *= max(e.stop - e.start for e in extents) / n
+        computed *= sum(e.stop - e.start for e in extents) / n
+    return largest, computed
 
 
 @dataclass(frozen=True)
@@ -138,20 +168,24 @@ def estimate(
     slices = strategy.micro_batches
     fraction = math.ceil(batch_size / slices) / batch_size
     sliced_forward = slices > 1 and strategy.anchor_every is None
-    working = 0.0
+    working, overlap = 0.0, 1.0
     for node in nodes:
         x = _bytes(profile, node.reads[0], scale)
         y = _bytes(profile, node.name, scale)
         layers = node.layers or (LayerUse(node.saved_bytes, node.largest_saved, 0),)
-        rebuild = scale * max(
-            u.saved_bytes + GRADIENT_COPIES * u.largest_saved + 2 * u.io_bytes for u in layers
-        )
-        run = scale * max(u.saved_bytes + u.io_bytes for u in layers)
+        rebuild = run = 0.0
+        for u in layers:
+            share, computed = tile_factors(u, strategy.tile_size)
+            overlap = max(overlap, computed)
+            maps = u.saved_bytes + GRADIENT_COPIES * u.largest_saved
+            rebuild = max(rebuild, scale * (share * maps + 2 * u.io_bytes))
+            run = max(run, scale * (share * u.saved_bytes + u.io_bytes))
         backward = fraction * rebuild + 2 * (x + y)
         forward_pass = (fraction if sliced_forward else 1.0) * run + x + y
         working = max(working, backward, forward_pass)
     rebuild_cost = sum((2 if n.generic_rule else 1) * n.cost for n in nodes) * scale
     extra = rebuild_cost * (1 + MICRO_BATCH_OVERHEAD * (slices - 1))
+    extra += (rebuild_cost + forward) * (overlap - 1)
     drift = length if strategy.anchor_every is None else min(strategy.anchor_every, length)
     return Estimate(0.0, frozenset(kept_ports), working, extra, drift)
 
@@ -167,13 +201,17 @@ def strategy_options(
     batch_size: int,
     max_inverted_run: int | None,
     flat: bool,
+    profile: GraphProfile | None = None,
 ) -> list[Strategy]:
     """The strategies the planner considers for ``segment``.
 
     Autograd and operator segments: ``store`` and ``checkpoint``. Invertible segments also
     ``invert`` with anchors every 1, 2, 4, ... nodes and micro-batches 2, 4, ... up to the
-    batch size, except for modules that couple samples. With ``flat`` (no budget): ``invert``
-    for invertible segments and ``store`` for the others. A pinned segment has its pin only.
+    batch size, except for modules that couple samples, each untiled and (given the
+    ``profile``, for segments with layers that can tile) with tiles of edge
+    :data:`SMALLEST_TILE`, twice that, ... below the largest spatial size. With ``flat`` (no
+    budget): ``invert`` for invertible segments and ``store`` for the others. A pinned
+    segment has its pin only.
     """
     if segment.pin is not None:
         return [segment.pin]
@@ -186,7 +224,14 @@ def strategy_options(
     slices = [1]
     if not flat and batch_size > 1 and _per_sample(segment, modules):
         slices += [k for k in _powers_of_two(batch_size - 1) if k > 1] + [batch_size]
-    inverted = [Strategy("invert", m, k) for m in anchors for k in slices]
+    tiles: list[int | None] = [None]
+    if not flat and profile is not None:
+        largest = max(
+            (max(u.spatial) for n in segment.nodes for u in profile.nodes[n].layers if u.halo),
+            default=0,
+        )
+        tiles += [t for t in _powers_of_two(largest - 1) if t >= SMALLEST_TILE]
+    inverted = [Strategy("invert", m, k, t) for m in anchors for k in slices for t in tiles]
     if flat:
         return inverted
     return [Strategy("store"), Strategy("checkpoint"), *inverted]

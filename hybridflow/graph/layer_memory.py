@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from hybridflow.autograd.module import InvertibleModule
+from hybridflow.autograd.tiling import Halo, Tileable
+from hybridflow.errors import ArgumentError
 
 __all__ = ["LayerMemory", "LayerUse"]
 
@@ -28,11 +30,26 @@ class LayerUse:
         saved_bytes: what plain autograd saves while the layer runs (its own storages).
         largest_saved: the largest of them.
         io_bytes: its input plus its output.
+        spatial: for a layer that can run tile by tile, the spatial sizes of its input;
+            ``()`` for the others.
+        halo: for such a layer, its :data:`~hybridflow.autograd.tiling.Halo`.
     """
 
     saved_bytes: int
     largest_saved: int
     io_bytes: int
+    spatial: tuple[int, ...] = ()
+    halo: Halo = ()
+
+
+def _halo(module: nn.Module) -> Halo:
+    """The halo of a layer that can tile, ``()`` for one that cannot (or has no space)."""
+    if not isinstance(module, Tileable):
+        return ()
+    try:
+        return module.spatial_halo()
+    except ArgumentError:
+        return ()
 
 
 def _first_tensor(value: object) -> Tensor | None:
@@ -63,6 +80,8 @@ class LayerMemory:
         self._stack: list[int] = []
         self._saved: dict[int, dict[int, int]] = {}
         self._io: dict[int, int] = {}
+        self._spatial: dict[int, tuple[int, ...]] = {}
+        self._halos = {id(m): _halo(m) for m in self._modules}
 
     @contextmanager
     def track(self) -> Iterator[None]:
@@ -73,8 +92,11 @@ class LayerMemory:
 
         def leave(module: nn.Module, args: tuple, output: object) -> None:
             self._stack.pop()
-            size = _nbytes(_first_tensor(args)) + _nbytes(_first_tensor(output))
+            first = _first_tensor(args)
+            size = _nbytes(first) + _nbytes(_first_tensor(output))
             self._io[id(module)] = max(self._io.get(id(module), 0), size)
+            if self._halos[id(module)] and first is not None:
+                self._spatial[id(module)] = tuple(first.shape[2:])
 
         handles = []
         try:
@@ -97,7 +119,14 @@ class LayerMemory:
         uses = []
         for key in dict.fromkeys([*self._saved, *self._io]):
             saved = self._saved.get(key, {})
+            spatial = self._spatial.get(key, ())
             uses.append(
-                LayerUse(sum(saved.values()), max(saved.values(), default=0), self._io.get(key, 0))
+                LayerUse(
+                    sum(saved.values()),
+                    max(saved.values(), default=0),
+                    self._io.get(key, 0),
+                    spatial,
+                    self._halos.get(key, ()) if spatial else (),
+                )
             )
         return tuple(uses)

@@ -35,7 +35,7 @@ class InvertibleRunner:
     ``store`` runs the chain in ``"store"`` mode, ``checkpoint`` the same under
     ``torch.utils.checkpoint``, ``invert`` in ``"invert"`` mode with the strategy's anchors and
     micro-batches (the forward pass sliced too when there are no anchors, see
-    :mod:`hybridflow.graph.slicing`). Chains nested in the nodes take the segment's mode. The
+    :mod:`hybridflow.graph.slicing`) and tiles. Chains nested in the nodes take the segment's mode. The
     log determinant continues the one accumulated before the segment, if any.
 
     Args:
@@ -68,6 +68,7 @@ class InvertibleRunner:
             anchor_every=strategy.anchor_every,
             micro_batches=strategy.micro_batches,
             name=f"Graph segment {', '.join(repr(n) for n in segment.nodes)}",
+            tile_size=strategy.tile_size,
         )
 
     def __call__(self, values: Values) -> None:

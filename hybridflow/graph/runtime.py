@@ -135,7 +135,12 @@ class GraphModule(nn.Module):
             [
                 (s, estimate(segment, s, self.profile, batch))
                 for s in strategy_options(
-                    segment, modules, batch, self._run_bound(segment, max_inverted_run), flat
+                    segment,
+                    modules,
+                    batch,
+                    self._run_bound(segment, max_inverted_run),
+                    flat,
+                    self.profile,
                 )
             ]
             for segment in segments

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from hybridflow.arguments import integer
+from hybridflow.autograd.tiling import TileSize, check_tile_size
 
 __all__ = ["Strategy", "StrategyKind"]
 
@@ -35,17 +36,25 @@ class Strategy:
             gradients are the same; the working set of a node (its conditioner's activations)
             shrinks by this factor. Refused for modules that couple samples (BatchNorm or
             Dropout in training mode).
+        tile_size: ``"invert"`` only: run the segment's couplings tile by tile over space
+            (cores of this edge plus the conditioner's halo) in the no-grad forward pass and
+            while reconstructing (see :class:`~hybridflow.Chain`). The gradients are the same;
+            a coupling's working set shrinks to about one tile's. Refused for conditioners
+            whose receptive field is unbounded or that couple positions.
 
     Example:
         >>> str(Strategy("invert", anchor_every=4, micro_batches=2))
         'invert(anchor_every=4, micro_batches=2)'
+        >>> str(Strategy("invert", micro_batches=4, tile_size=128))
+        'invert(micro_batches=4, tile_size=128)'
         >>> Strategy.parse("checkpoint", "node 'summary'")
-        Strategy(kind='checkpoint', anchor_every=None, micro_batches=1)
+        Strategy(kind='checkpoint', anchor_every=None, micro_batches=1, tile_size=None)
     """
 
     kind: StrategyKind
     anchor_every: int | None = None
     micro_batches: int = 1
+    tile_size: TileSize | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(StrategyKind):
@@ -57,11 +66,14 @@ class Strategy:
             ("micro_batches", self.micro_batches, False),
         ):
             integer(value, name, "Strategy", minimum=1, optional=allow_none)
-        if self.kind != "invert" and (self.anchor_every is not None or self.micro_batches > 1):
+        object.__setattr__(self, "tile_size", check_tile_size(self.tile_size, "Strategy"))
+        if self.kind != "invert" and (
+            self.anchor_every is not None or self.micro_batches > 1 or self.tile_size is not None
+        ):
             raise ValueError(
-                f"Strategy: anchor_every and micro_batches apply to 'invert' only, got "
-                f"kind={self.kind!r} with anchor_every={self.anchor_every!r}, "
-                f"micro_batches={self.micro_batches!r}"
+                f"Strategy: anchor_every, micro_batches and tile_size apply to 'invert' only, "
+                f"got kind={self.kind!r} with anchor_every={self.anchor_every!r}, "
+                f"micro_batches={self.micro_batches!r}, tile_size={self.tile_size!r}"
             )
 
     @classmethod
@@ -82,4 +94,6 @@ class Strategy:
             options.append(f"anchor_every={self.anchor_every}")
         if self.micro_batches > 1:
             options.append(f"micro_batches={self.micro_batches}")
+        if self.tile_size is not None:
+            options.append(f"tile_size={self.tile_size}")
         return f"{self.kind}({', '.join(options)})" if options else self.kind

@@ -12,6 +12,7 @@ from hybridflow.layers.hint_coupling import HINTCoupling
 from hybridflow.layers.inverse import Inverse
 from hybridflow.layers.multiscale import ResizeCondition, Split
 from hybridflow.layers.permutation import Permute, Reverse
+from hybridflow.layers.receptive_field import receptive_halo
 from hybridflow.layers.spline_coupling import SPLINE_BOUND, SplineCoupling, SplineKnots
 from hybridflow.layers.squeeze import Squeeze
 from hybridflow.layers.support import Bounded
@@ -41,4 +42,5 @@ __all__ = [
     "Squeeze",
     "Subnet",
     "default_conditioner",
+    "receptive_halo",
 ]

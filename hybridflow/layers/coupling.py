@@ -10,6 +10,7 @@ from torch import Tensor
 from hybridflow.arguments import integer, number, one_of, positive_int
 from hybridflow.autograd.checks import check_condition, check_finite, check_input
 from hybridflow.autograd.module import InvertibleModule, Reconstruction, vjp_wrt
+from hybridflow.autograd.tiling import Halo, TileSize, active_tile_size
 from hybridflow.errors import ArgumentError
 from hybridflow.layers.conditioners import (
     ConstantConditioner,
@@ -17,6 +18,8 @@ from hybridflow.layers.conditioners import (
     check_subnet,
     default_conditioner,
 )
+from hybridflow.layers.receptive_field import receptive_halo
+from hybridflow.layers.tiled_coupling import tiled_pass, tiled_reconstruct
 
 __all__ = ["AffineCoupling", "CouplingLayer"]
 
@@ -95,6 +98,24 @@ class CouplingLayer(InvertibleModule):
             f"spatial_dims={self.spatial_dims}"
         )
 
+    def spatial_halo(self) -> Halo:
+        """How far the conditioner looks: per spatial dimension ``(before, after)``.
+
+        Read from the conditioner's layers (or its declared ``receptive_field``; see
+        :mod:`hybridflow.layers.receptive_field`); ``()`` for a layer on vectors, which has
+        no spatial dimensions to tile.
+
+        Raises:
+            ArgumentError: when tiling would change the conditioner's output.
+        """
+        if self.spatial_dims == 0:
+            return ()
+        return receptive_halo(self.conditioner, self.spatial_dims, "conditioner")
+
+    def _tile_size(self) -> TileSize | None:
+        """The tile size of the enclosing chain, if it tiles and this layer has space to tile."""
+        return active_tile_size() if self.spatial_dims > 0 else None
+
     # -- the two methods a subclass writes -------------------------------------------------
     def _transform(self, x2: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """``(y2, logdet)`` of the elementwise map given conditioner output ``h``."""
@@ -129,6 +150,9 @@ class CouplingLayer(InvertibleModule):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x, cond, type(self).__name__)
+        tile_size = self._tile_size()
+        if tile_size is not None and not torch.is_grad_enabled():
+            return tiled_pass(self, x, cond, inverse=False, tile_size=tile_size)
         x1, x2 = self._split(x)
         y2, logdet = self._transform(x2, self._condition(x1, cond))
         return torch.cat([x1, y2], dim=1), logdet
@@ -137,6 +161,9 @@ class CouplingLayer(InvertibleModule):
         where = f"{type(self).__name__}.inverse"
         self._check(y, cond, where)
         check_finite(y, where)
+        tile_size = self._tile_size()
+        if tile_size is not None and not torch.is_grad_enabled():
+            return tiled_pass(self, y, cond, inverse=True, tile_size=tile_size)
         y1, y2 = self._split(y)
         x2, logdet = self._inverse_transform(y2, self._condition(y1, cond))
         return torch.cat([y1, x2], dim=1), logdet
@@ -155,8 +182,14 @@ class CouplingLayer(InvertibleModule):
         The pass-through half of the output equals that of the input, so ``h`` is computed
         from it once with grad on; the elementwise part is inverted and differentiated given
         ``h`` (:meth:`_elementwise_vjp`), and ``dh`` is back-propagated through the
-        conditioner to the pass-through half, the condition and the parameters.
+        conditioner to the pass-through half, the condition and the parameters. Inside a
+        chain with a ``tile_size``, all of it runs tile by tile (:func:`tiled_reconstruct`).
         """
+        tile_size = self._tile_size()
+        if tile_size is not None:
+            return tiled_reconstruct(
+                self, output, grad_output, grad_logdet, cond, inverse=inverse, tile_size=tile_size
+            )
         out1, out2 = self._split(output)
         grad1, grad2 = self._split(grad_output)
         passthrough = out1.detach().requires_grad_(True)

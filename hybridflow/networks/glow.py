@@ -11,6 +11,7 @@ from hybridflow.arguments import integer, number, one_of, positive_int
 from hybridflow.autograd.chain import Chain, Mode
 from hybridflow.autograd.checks import check_finite, check_input
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
+from hybridflow.autograd.tiling import TileSize, check_tile_size
 from hybridflow.errors import InputError, InputTypeError
 from hybridflow.layers.actnorm import ActNorm
 from hybridflow.layers.conditioners import Subnet, check_subnet
@@ -75,6 +76,9 @@ class Glow(InvertibleModule):
             coupling, with that scale's sizes.
         clamp: bound of the couplings' log-scales.
         seed: seed of the 1x1 convolutions' initial rotations (``None``: torch's global RNG).
+        tile_size: run the couplings tile by tile over space, cores of this edge at every
+            scale, in the forward of ``"invert"`` mode, in sampling and while reconstructing
+            (see :class:`~hybridflow.Chain`): same results, working set of one tile.
 
     Example:
         >>> import torch
@@ -110,6 +114,7 @@ class Glow(InvertibleModule):
         subnet: Subnet | None = None,
         clamp: float = 2.0,
         seed: int | None = None,
+        tile_size: TileSize | None = None,
     ) -> None:
         super().__init__()
         self.in_channels = positive_int(in_channels, "in_channels", "Glow")
@@ -129,6 +134,7 @@ class Glow(InvertibleModule):
         self.clamp = clamp
         self._subnet = subnet
         self._seed = seed
+        self.tile_size = check_tile_size(tile_size, "Glow")
         self.flow = self._scale(in_channels, 0)
 
     def _squeeze_layer(self) -> Squeeze | HaarSqueeze:
@@ -152,7 +158,7 @@ class Glow(InvertibleModule):
                     clamp=self.clamp,
                 ),
             ]
-        body: InvertibleModule = Chain(*steps, mode=self.mode)
+        body: InvertibleModule = Chain(*steps, mode=self.mode, tile_size=self.tile_size)
         if self.cond_channels:
             body = ResizeCondition(body)
         layers: list[InvertibleModule] = [self._squeeze_layer(), body]
