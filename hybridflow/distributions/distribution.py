@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
-from hybridflow.autograd.checks import check_finite
+from hybridflow.autograd.checks import autocast_condition, check_finite
 from hybridflow.autograd.module import InvertibleModule
 from hybridflow.autograd.validation import validation_scope
 from hybridflow.errors import InputError, InputTypeError
@@ -126,9 +126,14 @@ class FlowDistribution(Distribution):
         )
         return shape
 
-    def _transform(self, *args: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _transform(
+        self, value: Tensor, cond: Tensor | None, inverse: bool
+    ) -> tuple[Tensor, Tensor]:
         """Run the transform (its inverse) without data checks: what enters it was checked
-        here (values), by the flow (the condition) or drawn from the base (latents)."""
+        here (values), by the flow (the condition) or drawn from the base (latents). Under
+        autocast, a condition in the autocast dtype is cast to the value's dtype
+        (:func:`~hybridflow.autograd.checks.autocast_condition`)."""
+        args = (value,) if cond is None else (value, autocast_condition(cond, value))
         with validation_scope(False):
             if inverse:
                 return self.transform.inverse(*args)
