@@ -21,7 +21,9 @@ type                      built-in        raised when
 ``ReconstructionError``   ``RuntimeError``  reconstruction would return a wrong gradient:
                                           rebuilt activations drifted or became non-finite
 ``ModifiedError``         ``RuntimeError``  a parameter, buffer, saved output or condition
-                                          changed between a forward pass and its backward
+                                          changed between a forward pass and its backward,
+                                          or a distribution's transform parameters were
+                                          swapped (``functional_call``) since it was built
 ========================  ==============  ===================================================
 
 ``DriftWarning`` (a ``UserWarning``) reports reconstruction drift above tolerance under the
@@ -124,7 +126,9 @@ class ReconstructionError(HybridflowError, RuntimeError):
 
 
 class ModifiedError(HybridflowError, RuntimeError):
-    """A tensor the backward pass relies on changed in place after the forward pass.
+    """A tensor the backward pass relies on changed in place after the forward pass, or the
+    parameters a :class:`~hybridflow.FlowDistribution` was built with were swapped out (by
+    ``torch.func.functional_call``) before it was used.
 
     ``tensor`` names it (a parameter or buffer name, ``"output"`` or ``"condition"``).
     """

@@ -284,6 +284,23 @@ def test_random_layers_are_replayed_during_reconstruction(float64, nested):
     assert not torch.allclose(y, y_other)  # dropout really is random across calls
 
 
+def test_random_layers_follow_manual_seed_and_advance_the_generator_deterministically():
+    chain = hf.Chain(*[_NoisyCoupling(4) for _ in range(3)]).train()
+    x = torch.randn(6, 4)
+
+    def run(seed):
+        torch.manual_seed(seed)
+        y, _ = chain(x)
+        y.sum().backward()  # the backward re-seeds the layers and restores the generator
+        return y.detach(), torch.rand(3)
+
+    (y, after), (y_again, after_again) = run(5), run(5)
+    torch.testing.assert_close(y_again, y)
+    torch.testing.assert_close(after_again, after)  # the generator moved the same way
+    torch.manual_seed(5)
+    assert not torch.equal(after, torch.rand(3))  # it moved: one draw for the call's seed
+
+
 class _AutocastProbe(hf.InvertibleModule):
     """A layer without a hand-written rule that records whether autocast is on."""
 

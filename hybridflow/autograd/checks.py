@@ -19,6 +19,7 @@ from hybridflow.autograd.validation import data_checks
 from hybridflow.errors import InputError, InputTypeError
 
 __all__ = [
+    "autocast_condition",
     "check_batch",
     "check_condition",
     "check_entry",
@@ -190,6 +191,29 @@ def check_input(
         reference = first_parameter(module)
         if reference is not None:
             check_like(tensor, reference, where)
+
+
+def autocast_condition(cond: object, x: Tensor) -> object:
+    """The condition in the dtype the transform expects, under autocast.
+
+    Under :func:`torch.autocast` on ``x``'s device, a summary network returns its condition in
+    the autocast dtype (``bfloat16``, ``float16``) while the flow runs in its parameters'
+    precision (``x.dtype``, float32 say). Such a condition is cast to ``x.dtype`` here, where
+    it enters the flow: the cast is differentiable, so the condition's gradient flows back to
+    the summary network in the summary's own dtype, and the couplings see one dtype. Anything
+    else (outside autocast, another dtype or device, not a tensor) is returned unchanged, so
+    that :func:`check_condition` still refuses a genuine mismatch.
+    """
+    if not isinstance(cond, Tensor) or cond.dtype == x.dtype or cond.device != x.device:
+        return cond
+    device_type = x.device.type
+    if (
+        x.is_floating_point()
+        and torch.is_autocast_enabled(device_type)
+        and cond.dtype == torch.get_autocast_dtype(device_type)
+    ):
+        return cond.to(x.dtype)
+    return cond
 
 
 def check_condition(cond: object, x: Tensor, where: str, cond_features: int) -> None:

@@ -53,16 +53,23 @@ class ReplayState:
     draws (dropout in a conditioner, say) are the same in the forward pass and when it is
     re-run during backward. Only one integer is kept per call, whatever the depth.
 
+    The seed is one draw from the global CPU generator (so it follows ``torch.manual_seed``
+    and advances that generator by one draw per call), kept as a 0-d CPU tensor: drawing it
+    reads no value back, so ``torch.compile`` traces the draw into its graph and a CUDA run
+    waits for nothing. The value is read (a CPU ``int``, no device sync) only where a layer's
+    generators are re-seeded (:meth:`layer`): ``manual_seed`` takes a Python integer, and
+    ``torch.random.fork_rng`` runs eagerly under Dynamo in any case.
+
     Autocast: the autocast settings (enabled, dtype) of the forward pass, per device type.
     """
 
-    seed: int | None
+    seed: torch.Tensor | None
     device: torch.device
     autocast: tuple[tuple[str, bool, torch.dtype], ...]
 
     @classmethod
     def capture(cls, device: torch.device, preserve_rng_state: bool) -> ReplayState:
-        seed = int(torch.randint(_SEED_MASK, ())) if preserve_rng_state else None
+        seed = torch.randint(_SEED_MASK, (), device="cpu") if preserve_rng_state else None
         device_types = dict.fromkeys(["cpu", device.type])
         autocast = tuple(
             (t, torch.is_autocast_enabled(t), torch.get_autocast_dtype(t)) for t in device_types
@@ -84,9 +91,10 @@ class ReplayState:
         if self.seed is None:
             yield
             return
-        layer_seed = (self.seed + (index + 1) * _SEED_STRIDE) & _SEED_MASK
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
+            # read inside the fork, which Dynamo runs eagerly: no graph break of its own
+            layer_seed = (int(self.seed) + (index + 1) * _SEED_STRIDE) & _SEED_MASK
             torch.default_generator.manual_seed(layer_seed)
             if devices:
                 with torch.cuda.device(self.device):

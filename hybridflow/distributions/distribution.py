@@ -8,10 +8,10 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
-from hybridflow.autograd.checks import check_finite
+from hybridflow.autograd.checks import autocast_condition, check_finite, first_parameter
 from hybridflow.autograd.module import InvertibleModule
 from hybridflow.autograd.validation import validation_scope
-from hybridflow.errors import InputError, InputTypeError
+from hybridflow.errors import InputError, InputTypeError, ModifiedError
 
 __all__ = ["FlowDistribution"]
 
@@ -75,6 +75,8 @@ class FlowDistribution(Distribution):
             )
         self.validate = validate
         self.transform = transform
+        # what the transform computed with when the distribution was built (see _transform)
+        self._parameter = first_parameter(transform)
         self.base = base
         self.cond = cond
         batched = batched and cond is not None
@@ -126,9 +128,24 @@ class FlowDistribution(Distribution):
         )
         return shape
 
-    def _transform(self, *args: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _transform(
+        self, value: Tensor, cond: Tensor | None, inverse: bool
+    ) -> tuple[Tensor, Tensor]:
         """Run the transform (its inverse) without data checks: what enters it was checked
-        here (values), by the flow (the condition) or drawn from the base (latents)."""
+        here (values), by the flow (the condition) or drawn from the base (latents). Under
+        autocast, a condition in the autocast dtype is cast to the value's dtype
+        (:func:`~hybridflow.autograd.checks.autocast_condition`)."""
+        if first_parameter(self.transform) is not self._parameter:
+            # built inside torch.func.functional_call and used outside it (or the reverse):
+            # the condition comes from one set of parameters, the transform would run with
+            # another, and gradients with respect to the call's parameters would be zero
+            raise ModifiedError(
+                "the flow's parameters were swapped since this distribution was built (it "
+                "escaped a torch.func.functional_call); call log_prob/sample inside the call: "
+                "wrap them in a module whose forward builds the distribution and uses it",
+                where=("FlowDistribution",),
+            )
+        args = (value,) if cond is None else (value, autocast_condition(cond, value))
         with validation_scope(False):
             if inverse:
                 return self.transform.inverse(*args)

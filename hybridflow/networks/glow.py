@@ -9,7 +9,7 @@ from torch import Tensor
 
 from hybridflow.arguments import integer, number, one_of, positive_int
 from hybridflow.autograd.chain import Chain, Mode
-from hybridflow.autograd.checks import check_finite, check_input
+from hybridflow.autograd.checks import autocast_condition, check_finite, check_input
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
 from hybridflow.autograd.tiling import TileSize, check_tile_size
 from hybridflow.errors import InputError, InputTypeError
@@ -214,6 +214,7 @@ class Glow(InvertibleModule):
                 f"{self.cond_channels}, {', '.join(['*'] * self.spatial_dims)}) of any size",
                 where=(where,),
             )
+        cond = autocast_condition(cond, x)  # a summary's bfloat16 condition under autocast
         if cond.dtype != x.dtype or cond.device != x.device:
             raise InputTypeError(
                 f"condition is {cond.dtype} on {cond.device} but the input is "

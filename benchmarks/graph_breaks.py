@@ -1,0 +1,102 @@
+"""torch.compile graph breaks of a chain, a Glow and a ConditionalFlow call, with their reasons.
+
+Each model is compiled with the ``eager`` backend (Dynamo's capture only: graph breaks do not
+depend on the backend) and called once: a training loss (forward with gradients, then
+backward) and a no-grad forward. The figures are Dynamo's own counters
+(``torch._dynamo.utils.counters["graph_break"]``, one entry per distinct reason, each with
+how often it was hit) and ``torch._dynamo.explain``'s ``graph_break_count`` (which also
+counts frames Dynamo skipped and resumed, so it is larger).
+
+    python benchmarks/graph_breaks.py
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Callable
+
+import torch
+
+import hybridflow as hf
+from hybridflow import ConditionalFlow
+from hybridflow.distributions import coupling_flow
+from hybridflow.layers import ActNorm, AffineCoupling, InvConv1x1, Squeeze
+from hybridflow.networks import Glow
+from hybridflow.summary import MLP
+
+
+def _chain(mode: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    layers = [Squeeze()] + [
+        m
+        for _ in range(2)
+        for m in (ActNorm(12), InvConv1x1(12), AffineCoupling(12, hidden=8, spatial_dims=2))
+    ]
+    chain = hf.Chain(*layers, mode=mode)
+    x = torch.randn(2, 3, 8, 8)
+    chain(x)  # ActNorm's data-dependent initialisation, eagerly
+    return lambda v: _nll(*chain(v)), x
+
+
+def _glow(mode: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    glow = Glow(3, levels=2, depth=2, hidden=8, mode=mode, seed=0)
+    x = torch.randn(2, 3, 8, 8)
+    glow(x)
+    return lambda v: _nll(*glow(v)), x
+
+
+def _conditional_flow(mode: str) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    transform = coupling_flow(5, cond_features=8, depth=3, hidden=16, mode=mode)
+    flow = ConditionalFlow(transform, MLP(20, 8, hidden=16), event_shape=(5,), validate=False)
+    x, theta = torch.randn(16, 20), torch.randn(16, 5)
+    flow(x).log_prob(theta)
+    return lambda v: -flow(v).log_prob(theta).mean(), x
+
+
+def _nll(z: torch.Tensor, logdet: torch.Tensor) -> torch.Tensor:
+    return (0.5 * z.pow(2).flatten(1).sum(1) - logdet).mean()
+
+
+def count(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grad: bool) -> tuple:
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+
+    def call(v: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(grad):
+            out = loss(v)
+        if grad:
+            out.backward()
+        return out.detach()
+
+    torch.compile(call, backend="eager")(x)
+    reasons = dict(torch._dynamo.utils.counters["graph_break"])
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(call)(x).graph_break_count
+    torch._dynamo.reset()
+    return sum(reasons.values()), explained, reasons
+
+
+def _summary(reason: str) -> str:
+    """The first line of Dynamo's reason, with the function it could not trace."""
+    first = reason.splitlines()[0][:48]
+    match = re.search(r"target: <(?:function|built-in method) (\w+)", reason)
+    return f"{first} ({match.group(1)})" if match else first
+
+
+def main() -> None:
+    torch._logging.set_logs(dynamo=logging.ERROR)
+    warnings.filterwarnings("ignore")
+    print(f"{'model':<16} {'mode':<7} {'pass':<8} {'breaks':>6} {'explain':>7}  reasons")
+    for name, build in (("Chain", _chain), ("Glow", _glow), ("ConditionalFlow", _conditional_flow)):
+        for mode in ("store", "invert"):
+            torch.manual_seed(0)
+            loss, x = build(mode)
+            for label, grad in (("train", True), ("no_grad", False)):
+                breaks, explained, reasons = count(loss, x, grad)
+                text = "; ".join(f"{n}x {_summary(r)}" for r, n in reasons.items())
+                print(f"{name:<16} {mode:<7} {label:<8} {breaks:>6} {explained:>7}  {text}")
+
+
+if __name__ == "__main__":
+    main()
