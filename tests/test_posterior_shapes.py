@@ -135,7 +135,15 @@ def test_cli_quiet_threads_resume_extends_and_help_is_plain(tmp_path, capsys) ->
     from hybridflow.cli.main import build_parser
 
     config, out = _tiny_config(tmp_path), tmp_path / "run"
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
+    try:
+        _check_cli_flags(config, out, capsys, build_parser, tmp_path)
+    finally:
+        torch.set_num_threads(threads)  # leave the process as the test found it
+
+
+def _check_cli_flags(config, out, capsys, build_parser, tmp_path) -> None:
     seen = []
     import hybridflow.cli.train as train_module
 
