@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,9 +18,15 @@ from hybridflow.errors import ModifiedError, ReconstructionError
 if TYPE_CHECKING:
     from hybridflow.autograd.chain import Chain
 
-__all__ = ["ReconstructingFunction", "check_finite_result", "unpack_saved"]
+__all__ = [
+    "ReconstructingFunction",
+    "backward_from_saved",
+    "check_finite_result",
+    "keep_for_backward",
+    "unpack_saved",
+]
 
-# Positions of the Function's inputs: (chain, inverse, x, cond, *params).
+# Positions of a reconstructing Function's inputs: (chain, inverse or slices, x, cond, *params).
 _X, _COND, _PARAMS = 2, 3, 4
 
 
@@ -61,51 +68,85 @@ class ReconstructingFunction(torch.autograd.Function):
             y, logdet = chain._run_layers(x, cond, inverse=inverse, replay=replay)
         if y is x:  # an empty chain: autograd needs a fresh output
             y = x.clone()
-        ctx.chain = chain
         ctx.inverse = inverse
         ctx.replay = replay
-        ctx.record = record
-        ctx.versions = Versions(chain, params)
-        ctx.has_cond = cond is not None
-        ctx.check_finite = data_checks(chain.validate)  # the forward's validation setting
-        keys, extra = record.saved() if record is not None else ([], [])
-        ctx.record_keys = keys
-        ctx.save_for_backward(y, *([cond] if cond is not None else []), *extra)
+        keep_for_backward(ctx, chain, record, y, cond, params)
         return y, logdet
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor, grad_logdet: Tensor) -> tuple[Tensor | None, ...]:
         chain: Chain = ctx.chain
-        where = chain._describe()
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "hybridflow: double backward (create_graph=True) through an invert-mode Chain "
                 "is not supported; run that chain with mode='store' to differentiate its "
                 "gradients"
             )
-        saved = unpack_saved(ctx, where)
-        ctx.versions.check(chain, where)
-        y = saved[0]
-        cond = saved[1] if ctx.has_cond else None
-        record: PassRecord | None = ctx.record
-        if record is not None:
-            record.restore(ctx.record_keys, saved[1 + ctx.has_cond :])
-        if cond is not None:
-            cond = cond.detach().requires_grad_(ctx.needs_input_grad[_COND])
-        with ctx.replay.autocast_state(), recording(record, checking=True):
-            result = chain._reconstruct_layers(
+        return backward_from_saved(
+            ctx,
+            grad_y,
+            grad_logdet,
+            lambda y, cond: chain._reconstruct_layers(
                 y, grad_y, grad_logdet, cond, inverse=ctx.inverse, replay=ctx.replay
-            )
-        if record is not None and record.fingerprints:
-            chain._drift_guard.conclude(record, y.dtype, where)
-        if ctx.check_finite:
-            check_finite_result(result, y, grad_y, grad_logdet, chain._drift_guard, where)
-        grad_x = result.grad_input if ctx.needs_input_grad[_X] else None
-        grad_params = tuple(
-            g if needed else None
-            for g, needed in zip(result.grad_params, ctx.needs_input_grad[_PARAMS:], strict=True)
+            ),
         )
-        return (None, None, grad_x, result.grad_cond, *grad_params)
+
+
+def keep_for_backward(
+    ctx: Any,
+    chain: Chain,
+    record: PassRecord | None,
+    y: Tensor,
+    cond: Tensor | None,
+    params: tuple[Tensor, ...],
+) -> None:
+    """What a reconstructing Function keeps at the end of its forward pass: the output, the
+    condition and the record's fingerprints and anchors (saved tensors), the version counters
+    of the chain's parameters and buffers, and the forward's validation setting.
+    ``ctx.replay`` (autocast settings, seed) is the caller's to set."""
+    ctx.chain = chain
+    ctx.record = record
+    ctx.versions = Versions(chain, params)
+    ctx.has_cond = cond is not None
+    ctx.check_finite = data_checks(chain.validate)
+    layout, extra = record.saved() if record is not None else ({}, [])
+    ctx.record_layout = layout
+    ctx.save_for_backward(y, *([cond] if cond is not None else []), *extra)
+
+
+def backward_from_saved(
+    ctx: Any,
+    grad_y: Tensor,
+    grad_logdet: Tensor,
+    reconstruct: Callable[[Tensor, Tensor | None], Reconstruction],
+) -> tuple[Tensor | None, ...]:
+    """The backward of a reconstructing Function around ``reconstruct(y, cond)``: refuse
+    modified tensors, restore the record, reconstruct under the forward's autocast settings
+    with the record checking, let the drift guard conclude, refuse rebuilt NaN/Inf, and
+    return the gradients of the Function's inputs ``(chain, flag, x, cond, *params)``."""
+    chain: Chain = ctx.chain
+    where = chain._describe()
+    saved = unpack_saved(ctx, where)
+    ctx.versions.check(chain, where)
+    y = saved[0]
+    cond = saved[1] if ctx.has_cond else None
+    record: PassRecord | None = ctx.record
+    if record is not None:
+        record.restore(ctx.record_layout, saved[1 + ctx.has_cond :])
+    if cond is not None:
+        cond = cond.detach().requires_grad_(ctx.needs_input_grad[_COND])
+    with ctx.replay.autocast_state(), recording(record, checking=True):
+        result = reconstruct(y, cond)
+    if record is not None and record.fingerprints:
+        chain._drift_guard.conclude(record, y.dtype, where)
+    if ctx.check_finite:
+        check_finite_result(result, y, grad_y, grad_logdet, chain._drift_guard, where)
+    grad_x = result.grad_input if ctx.needs_input_grad[_X] else None
+    grad_params = tuple(
+        g if needed else None
+        for g, needed in zip(result.grad_params, ctx.needs_input_grad[_PARAMS:], strict=True)
+    )
+    return (None, None, grad_x, result.grad_cond, *grad_params)
 
 
 def unpack_saved(ctx: Any, where: str) -> tuple[Tensor, ...]:

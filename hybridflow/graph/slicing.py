@@ -26,16 +26,11 @@ from torch import Tensor
 
 from hybridflow.autograd.chain import Chain
 from hybridflow.autograd.drift import recording, rows
-from hybridflow.autograd.function import check_finite_result, unpack_saved
-from hybridflow.autograd.module import InvertibleModule
+from hybridflow.autograd.function import backward_from_saved, keep_for_backward
+from hybridflow.autograd.module import InvertibleModule, Reconstruction
 from hybridflow.autograd.replay import ReplayState
-from hybridflow.autograd.validation import data_checks
-from hybridflow.autograd.versions import Versions
 
 __all__ = ["SlicedInvert", "run_sliced"]
-
-# Positions of the Function's inputs: (chain, slices, x, cond, *params).
-_X, _COND, _PARAMS = 2, 3, 4
 
 
 def _bounds(batch: int, slices: int) -> list[tuple[int, int]]:
@@ -77,16 +72,9 @@ class SlicedInvert(torch.autograd.Function):
                 y[start:stop] = y_part
                 logdet[start:stop] = logdet_part
                 del y_part, logdet_part
-        ctx.chain = chain
         ctx.rng = rng.numpy().tobytes()  # the generator's state, kept as plain bytes
         ctx.replay = ReplayState.capture(x.device, False)  # autocast settings only
-        ctx.has_cond = cond is not None
-        ctx.check_finite = data_checks(chain.validate)  # the forward's validation setting
-        ctx.versions = Versions(chain, params)
-        ctx.record = record
-        keys, extra = record.saved() if record is not None else ([], [])
-        ctx.record_keys = keys
-        ctx.save_for_backward(y, *([cond] if cond is not None else []), *extra)
+        keep_for_backward(ctx, chain, record, y, cond, params)
         return y, logdet
 
     @staticmethod
@@ -98,33 +86,13 @@ class SlicedInvert(torch.autograd.Function):
                 "its gradients"
             )
         chain: Chain = ctx.chain
-        where = chain._describe()
-        saved = unpack_saved(ctx, where)
-        ctx.versions.check(chain, where)
-        y = saved[0]
-        cond = saved[1] if ctx.has_cond else None
-        record = ctx.record
-        if record is not None:
-            record.restore(ctx.record_keys, saved[1 + ctx.has_cond :])
-        if cond is not None:
-            cond = cond.detach().requires_grad_(ctx.needs_input_grad[_COND])
-        with (
-            torch.random.fork_rng(devices=[]),
-            ctx.replay.autocast_state(),
-            recording(record, checking=True),
-        ):
-            torch.set_rng_state(torch.frombuffer(bytearray(ctx.rng), dtype=torch.uint8))
-            result = chain.reconstruct_vjp(y, grad_y, grad_logdet, cond)
-        if record is not None and record.fingerprints:
-            chain._drift_guard.conclude(record, y.dtype, where)
-        if ctx.check_finite:
-            check_finite_result(result, y, grad_y, grad_logdet, chain._drift_guard, where)
-        grad_x = result.grad_input if ctx.needs_input_grad[_X] else None
-        grad_params = tuple(
-            g if needed else None
-            for g, needed in zip(result.grad_params, ctx.needs_input_grad[_PARAMS:], strict=True)
-        )
-        return (None, None, grad_x, result.grad_cond, *grad_params)
+
+        def reconstruct(y: Tensor, cond: Tensor | None) -> Reconstruction:
+            with torch.random.fork_rng(devices=[]):  # the forward's generator state
+                torch.set_rng_state(torch.frombuffer(bytearray(ctx.rng), dtype=torch.uint8))
+                return chain.reconstruct_vjp(y, grad_y, grad_logdet, cond)
+
+        return backward_from_saved(ctx, grad_y, grad_logdet, reconstruct)
 
 
 def run_sliced(chain: Chain, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
