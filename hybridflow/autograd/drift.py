@@ -49,7 +49,6 @@ __all__ = [
     "DriftPolicy",
     "DriftReport",
     "PassRecord",
-    "active_record",
     "at_layer",
     "default_tolerance",
     "max_drift",
@@ -281,11 +280,6 @@ class _Active:
 _ACTIVE = _Active()
 
 
-def active_record() -> PassRecord | None:
-    """The record of the checked pass running now, if any."""
-    return _ACTIVE.record
-
-
 @contextmanager
 def recording(record: PassRecord | None, *, checking: bool) -> Iterator[None]:
     """Make ``record`` the active one for the enclosed pass (``checking`` for backward)."""
@@ -294,17 +288,6 @@ def recording(record: PassRecord | None, *, checking: bool) -> Iterator[None]:
         record.checking = checking
         record.path, record.labels = [], []
     _ACTIVE.record = record
-    try:
-        yield
-    finally:
-        _ACTIVE.record = previous
-
-
-@contextmanager
-def suspended() -> Iterator[None]:
-    """No record is active in the enclosed code (a layer's own forward re-run)."""
-    previous = _ACTIVE.record
-    _ACTIVE.record = None
     try:
         yield
     finally:
@@ -352,7 +335,7 @@ class DriftGuard:
             :func:`default_tolerance` of the activations' dtype.
         every: check one differentiable call in ``every`` (the first always); ``0`` checks
             none (NaN/Inf are still caught).
-        owner: the chain's name in messages.
+        owner: the chain's name in argument errors.
     """
 
     def __init__(
@@ -364,7 +347,6 @@ class DriftGuard:
         self.on_drift: DriftPolicy = on_drift
         self.tolerance = tolerance
         self.every = every
-        self.owner = owner
         self.calls = 0
         self.report: DriftReport | None = None
         self.repair_every: int | None = None

@@ -29,7 +29,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-__all__ = ["EXACT_LIMIT", "PROJECTIONS", "fingerprint", "relative_error", "width"]
+__all__ = ["EXACT_LIMIT", "PROJECTIONS", "fingerprint", "relative_error"]
 
 PROJECTIONS = 8
 """Random projections per sample (``K``)."""
@@ -39,11 +39,6 @@ EXACT_LIMIT = PROJECTIONS
 of width ``PROJECTIONS + 1`` is therefore always a projected one.)"""
 
 _SEED = 0x5EED_F1A9
-
-
-def width(sample_numel: int) -> int:
-    """Numbers kept per sample for samples of ``sample_numel`` numbers."""
-    return sample_numel if sample_numel <= EXACT_LIMIT else PROJECTIONS + 1
 
 
 @lru_cache(maxsize=256)
@@ -66,7 +61,7 @@ def _signs(m: int, n: int, dtype: torch.dtype, device: torch.device) -> tuple[Te
 
 
 def fingerprint(h: Tensor) -> Tensor:
-    """The fingerprint of a batch ``h`` ``(B, ...)``: ``(B, width(D))``, in ``h``'s dtype.
+    """The fingerprint of a batch ``h`` ``(B, ...)``: ``(B, D)`` for samples of ``D <= EXACT_LIMIT`` numbers, else ``(B, PROJECTIONS + 1)``, in ``h``'s dtype.
 
     Computed without autograd; costs one matrix product over ``h`` and a norm.
     """
