@@ -37,7 +37,7 @@ def build(kind: str, mode: str, depth: int) -> tuple[ConditionalFlow, torch.Tens
         flow = ConditionalFlow(transform, CNN(1, 4, hidden=16, depth=2), event_shape=(3,))
         shapes = (64, 1, 8, 8), (64, 3)
     else:
-        glow = Glow(1, levels=2, depth=depth, hidden=16, cond_channels=3, mode=mode, seed=0)
+        glow = Glow(1, levels=2, depth=depth, hidden=16, cond_features=3, mode=mode, seed=0)
         flow = ConditionalFlow(glow, CNN(1, 3, output="field", hidden=8), event_shape=(1, 8, 8))
         shapes = (8, 1, 8, 8), (8, 1, 8, 8)
     generator = torch.Generator().manual_seed(1)

@@ -64,7 +64,7 @@ def child(config: dict) -> None:
         levels=config["levels"],
         depth=config["depth"],
         hidden=config["hidden"],
-        cond_channels=config["cond"],
+        cond_features=config["cond"],
         spatial_dims=dims,
         mode=config["mode"],
         seed=0,

@@ -55,7 +55,7 @@ def build(config: dict):  # type: ignore[no-untyped-def]
         nn.Conv2d(hidden, cond, 3, padding=1),
     )
     glow = Glow(
-        channels, levels=config["levels"], depth=config["depth"], hidden=hidden, cond_channels=cond
+        channels, levels=config["levels"], depth=config["depth"], hidden=hidden, cond_features=cond
     )
     kernel = torch.tensor([[0.0, 0.1, 0.0], [0.1, 0.6, 0.1], [0.0, 0.1, 0.0]])
 

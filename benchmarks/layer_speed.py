@@ -58,7 +58,7 @@ def build_coupling(name: str, channels: int, hidden: int, spatial_dims: int):
     if name == "spline":
         return SplineCoupling(channels, hidden, spatial_dims=spatial_dims, bins=8)
     if name == "hint":
-        return HINTCoupling(channels, depth=2, hidden=hidden, spatial_dims=spatial_dims)
+        return HINTCoupling(channels, recursion=2, hidden=hidden, spatial_dims=spatial_dims)
     raise ValueError(f"unknown coupling {name!r}; choose from {COUPLINGS}")
 
 

@@ -59,7 +59,7 @@ def build_flow(
         levels=levels,
         depth=depth,
         hidden=hidden,
-        cond_channels=summary_channels,
+        cond_features=summary_channels,
         mode="invert",
         seed=seed,
     )

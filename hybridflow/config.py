@@ -29,23 +29,36 @@ class Configurable:
     modules); :func:`from_config` rebuilds the module from a registered class, so loading a
     model never imports or executes anything named by the file. Subclasses whose state can
     change after construction (``Chain.mode``) override :meth:`config_arguments`.
+
+    Saved configs outlive renames: a class that moved lists its former names in
+    :attr:`previous_config_names`, and keyword arguments renamed with
+    :func:`~hybridflow.deprecation.renamed_arguments` are recorded under their new names and
+    read under either.
     """
 
     _config_name: ClassVar[str]
+    previous_config_names: ClassVar[tuple[str, ...]] = ()
+    """Names under which configs saved before the class moved know it."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._config_name = _class_name(cls)
         _REGISTRY[cls._config_name] = cls
+        for previous in cls.__dict__.get("previous_config_names", ()):
+            _REGISTRY[previous] = cls
         init = cls.__dict__.get("__init__")
         if init is None:
             return
         signature = inspect.signature(init)
+        renamed = _renamed_arguments(init)
 
         @functools.wraps(init)
         def recording_init(self: Any, *args: Any, **kw: Any) -> None:
+            current = {renamed.get(k, k): v for k, v in kw.items()}
+            if len(current) < len(kw):  # an old and a new name: the constructor refuses both
+                init(self, *args, **kw)
             if "_config_arguments" not in self.__dict__:  # the outermost constructor call
-                bound = signature.bind(self, *args, **kw)
+                bound = signature.bind(self, *args, **current)
                 bound.apply_defaults()
                 arguments = dict(bound.arguments)
                 arguments.pop(next(iter(signature.parameters)))  # self
@@ -57,6 +70,11 @@ class Configurable:
     def config_arguments(self) -> dict[str, Any]:
         """The constructor arguments that rebuild this module as it is now."""
         return dict(self.__dict__.get("_config_arguments", {}))
+
+
+def _renamed_arguments(init: Any) -> dict[str, str]:
+    """Old keyword names -> new ones of a constructor (see :mod:`hybridflow.deprecation`)."""
+    return dict(getattr(init, "renamed_arguments", {}))
 
 
 def registered_classes() -> dict[str, type]:
@@ -157,6 +175,15 @@ def check_config(config: Any, where: str = "config") -> None:
             f"{where}: the arguments of {name} must be a dict, got {type(arguments).__name__}",
             argument=f"{where}['arguments']",
         )
+    renamed = _renamed_arguments(cls.__init__)
+    current = {renamed.get(k, k): v for k, v in arguments.items()}
+    if len(current) < len(arguments):
+        both = sorted(k for k in arguments if k in renamed and renamed[k] in arguments)
+        raise ArgumentError(
+            f"{where}: config of {name} gives both the old and the new name of {both}",
+            argument=where,
+        )
+    arguments = current
     parameters = {p.name: p for p in list(inspect.signature(cls.__init__).parameters.values())[1:]}
     unknown = sorted(k for k in arguments if k not in parameters)
     if unknown:
@@ -200,7 +227,8 @@ def _build(config: dict[str, Any]) -> nn.Module:
     """Build a checked config."""
     name = config["class"]
     cls = _REGISTRY[name]
-    arguments = {k: _from_data(v) for k, v in config["arguments"].items()}
+    renamed = _renamed_arguments(cls.__init__)
+    arguments = {renamed.get(k, k): _from_data(v) for k, v in config["arguments"].items()}
     parameters = list(inspect.signature(cls.__init__).parameters.values())[1:]
     kinds = [p.kind for p in parameters]
     # parameters before a *args must be passed by position

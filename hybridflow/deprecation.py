@@ -47,7 +47,9 @@ def warn_deprecated(old: str, new: str, *, stacklevel: int = 3) -> None:
 def renamed_arguments(**old_to_new: str) -> Callable[[F], F]:
     """Decorate a function (or ``__init__``) so that old keyword names map to new ones.
 
-    Passing both the old and the new name is an error, never a silent choice.
+    Passing both the old and the new name is an error, never a silent choice. The mapping is
+    kept on the wrapper as ``renamed_arguments``, so that :mod:`hybridflow.config` records
+    the new names and still loads configs saved with the old ones.
     """
 
     def decorate(function: F) -> F:
@@ -67,6 +69,7 @@ def renamed_arguments(**old_to_new: str) -> Callable[[F], F]:
                 kwargs[new] = kwargs.pop(old)
             return function(*args, **kwargs)
 
+        wrapper.renamed_arguments = dict(old_to_new)  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorate

@@ -33,7 +33,7 @@ def build_graph(batch: int, strategy: Strategy | None, dtype: torch.dtype) -> Gr
     """The graph with seeded, perturbed parameters (the same on every rank)."""
     torch.manual_seed(0)
     summary = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 2, 3, padding=1))
-    glow = Glow(CHANNELS, levels=2, depth=2, hidden=8, cond_channels=2, seed=0)
+    glow = Glow(CHANNELS, levels=2, depth=2, hidden=8, cond_features=2, seed=0)
     blur = Convolution(
         torch.tensor([[0.0, 0.1, 0.0], [0.1, 0.6, 0.1], [0.0, 0.1, 0.0]]),
         in_shape=(CHANNELS, SIDE, SIDE),

@@ -24,7 +24,7 @@ def _flow(kind: str, mode: hf.Mode) -> ConditionalFlow:
         transform = coupling_flow(3, cond_features=4, depth=3, hidden=16, mode=mode)
         flow = ConditionalFlow(transform, CNN(1, 4, hidden=8, depth=2), event_shape=(3,))
     else:  # a CNN field conditioning a multiscale image flow
-        glow = Glow(1, levels=2, depth=2, hidden=8, cond_channels=3, mode=mode, seed=0)
+        glow = Glow(1, levels=2, depth=2, hidden=8, cond_features=3, mode=mode, seed=0)
         flow = ConditionalFlow(glow, CNN(1, 3, output="field", hidden=8), event_shape=(1, 8, 8))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():

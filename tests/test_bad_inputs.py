@@ -434,10 +434,10 @@ _ARGUMENTS: dict[str, tuple[Callable[[], object], type[Exception], str, str]] = 
         "hidden",
         "coupling_flow",
     ),
-    "coupling_flow features=0": (
+    "coupling_flow num_features=0": (
         lambda: coupling_flow(0),
         ArgumentError,
-        "features",
+        "num_features",
         "coupling_flow",
     ),
     "ConditionalFlow validate=1": (

@@ -162,7 +162,7 @@ def test_unconditional_flow_shapes() -> None:
 
 def test_image_flows_with_a_conditional_glow() -> None:
     torch.manual_seed(0)
-    glow = Glow(1, levels=2, depth=1, hidden=8, cond_channels=3, seed=0)
+    glow = Glow(1, levels=2, depth=1, hidden=8, cond_features=3, seed=0)
     flow = ConditionalFlow(glow, CNN(1, 3, output="field", hidden=8), event_shape=(1, 8, 8))
     x = torch.randn(2, 1, 8, 8)
     theta = torch.rand(2, 1, 8, 8)

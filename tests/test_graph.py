@@ -40,7 +40,7 @@ def hybrid_graph(
     channels = 2
     summary = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 2, 3, padding=1))
     pre = ActNorm(channels)
-    glow = Glow(channels, levels=2, depth=depth, hidden=hidden, cond_channels=2, seed=seed)
+    glow = Glow(channels, levels=2, depth=depth, hidden=hidden, cond_features=2, seed=seed)
     post = AffineCoupling(channels, hidden=hidden, cond_features=2, spatial_dims=2)
     kernel = torch.tensor([[0.0, 0.1, 0.0], [0.1, 0.6, 0.1], [0.0, 0.1, 0.0]])
     blur = Convolution(kernel, in_shape=(channels, side, side))

@@ -174,7 +174,7 @@ def _split(d: int, c: int) -> hf.InvertibleModule:
 
 def _glow(d: int, c: int, **kw) -> hf.InvertibleModule:
     return Glow(
-        1, levels=2, depth=1, cond_channels=c, spatial_dims=d, subnet=smooth_subnet(d), **kw
+        1, levels=2, depth=1, cond_features=c, spatial_dims=d, subnet=smooth_subnet(d), **kw
     )
 
 
@@ -198,7 +198,7 @@ CASES: list[Case] = [
     *cases(
         "SplineCoupling", _coupling(SplineCoupling, bins=3, bound=1.5), 4, conds=ALL_CONDS, scale=2
     ),
-    *cases("HINTCoupling", _coupling(HINTCoupling, depth=2), 4, conds=ALL_CONDS),
+    *cases("HINTCoupling", _coupling(HINTCoupling, recursion=2), 4, conds=ALL_CONDS),
     *cases(
         "ConditionalSpline",
         _elementwise(ConditionalSpline, 1, bins=3, bound=1.5),
@@ -216,7 +216,7 @@ CASES: list[Case] = [
     ),
     *cases("ConditionalAffine", _elementwise(ConditionalAffine, 1), 1, conds=ALL_CONDS),
     *cases("Bounded", lambda d, c: Bounded(*BOUNDS), 4, (0,), sample=inside_bounds),
-    *cases("HINTCoupling-r3", _coupling(HINTCoupling, 7, depth=3), 7, (0,), ("none", "vector")),
+    *cases("HINTCoupling-r3", _coupling(HINTCoupling, 7, recursion=3), 7, (0,), ("none", "vector")),
     *cases("Split", _split, 3, FIELDS, ("none", "field")),
     *cases(
         "ResizeCondition",
@@ -543,7 +543,7 @@ def test_additive_coupling_is_volume_preserving(float64):
 
 
 def test_hint_depth_one_is_an_affine_coupling(float64):
-    hint = randomize(HINTCoupling(6, depth=1, hidden=8, cond_features=2))
+    hint = randomize(HINTCoupling(6, recursion=1, hidden=8, cond_features=2))
     affine = AffineCoupling(6, hidden=8, cond_features=2)
     affine.load_state_dict(hint.coupling.state_dict())
     x, c = torch.randn(4, 6), torch.randn(4, 2)
@@ -555,11 +555,11 @@ def test_hint_depth_one_is_an_affine_coupling(float64):
     ("features", "depth", "count"), [(8, 3, 7), (5, 3, 4), (8, 1, 1), (2, 4, 1)]
 )
 def test_hint_recursion_tree(features, depth, count):
-    assert len(HINTCoupling(features, depth=depth, hidden=4).sub_couplings()) == count
+    assert len(HINTCoupling(features, recursion=depth, hidden=4).sub_couplings()) == count
 
 
 def test_hint_jacobian_is_dense_lower_triangular(float64):
-    layer = randomize(HINTCoupling(8, depth=3, hidden=8, subnet=smooth_subnet(0, 8)))
+    layer = randomize(HINTCoupling(8, recursion=3, hidden=8, subnet=smooth_subnet(0, 8)))
     x = torch.randn(1, 8)
     jacobian = torch.autograd.functional.jacobian(lambda z: layer(z)[0], x)[0, :, 0]
     assert torch.equal(jacobian.triu(1), torch.zeros(8, 8))
@@ -609,7 +609,10 @@ def test_inverse_of_inverse_is_the_module(float64):
         (lambda: Affine(0), "Affine: num_features must be an int >= 1, got 0"),
         (lambda: LeakyReLU(0.0), "LeakyReLU: negative_slope must be a finite number > 0"),
         (lambda: LeakyReLU(-0.1), r"LeakyReLU: .*got -0.1"),
-        (lambda: HINTCoupling(4, depth=0), "HINTCoupling: depth must be an int >= 1, got 0"),
+        (
+            lambda: HINTCoupling(4, recursion=0),
+            "HINTCoupling: recursion must be an int >= 1, got 0",
+        ),
         (lambda: HINTCoupling(1), "HINTCoupling: num_features must be an int >= 2, got 1"),
         (lambda: HINTCoupling(4, spatial_dims=4), "HINTCoupling: spatial_dims must be"),
         (lambda: AdditiveCoupling(1), "AdditiveCoupling: num_features must be an int >= 2"),

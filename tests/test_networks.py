@@ -55,7 +55,7 @@ def test_conditional_multiscale_glow_trains_on_images():
     """The 64x64 conditional Glow of the benchmark, at 16x16: field condition, 3 scales."""
     x = smooth_images(4, 3, 16, 2)
     cond = x.mean(1, keepdim=True).repeat(1, 2, 1, 1) + 0.1 * torch.randn(4, 2, 16, 16)
-    flow = Glow(3, levels=3, depth=2, hidden=16, cond_channels=2, spatial_dims=2)
+    flow = Glow(3, levels=3, depth=2, hidden=16, cond_features=2, spatial_dims=2)
     assert flow.mode == "invert"
     assert_decreasing(train(flow, x, cond, steps=8, lr=2e-3))
 
@@ -64,7 +64,7 @@ def test_glow_trains_on_volumes():
     """The 32^3 Glow of the benchmark, at 8^3, with a vector condition."""
     x = smooth_images(2, 1, 8, 3)
     cond = torch.randn(2, 3)
-    flow = Glow(1, levels=2, depth=2, hidden=8, cond_channels=3, spatial_dims=3)
+    flow = Glow(1, levels=2, depth=2, hidden=8, cond_features=3, spatial_dims=3)
     assert_decreasing(train(flow, x, cond, steps=8, lr=2e-3))
 
 
@@ -98,7 +98,7 @@ def _twin_networks(build):
     ("build", "x_shape", "cond_shape"),
     [
         (
-            lambda mode: Glow(2, levels=3, depth=3, hidden=8, cond_channels=2, mode=mode),
+            lambda mode: Glow(2, levels=3, depth=3, hidden=8, cond_features=2, mode=mode),
             (2, 2, 8, 8),
             (2, 2, 16, 16),
         ),
@@ -154,10 +154,10 @@ def test_glow_keeps_only_latent_and_condition_whatever_depth_and_levels():
     x, cond = torch.randn(2, 1, 16, 16), torch.randn(2, 2, 16, 16)
     kept = x.numel() * x.element_size() + cond.numel() * cond.element_size()
     for levels, depth in ((1, 1), (2, 4), (4, 8)):
-        flow = Glow(1, levels=levels, depth=depth, hidden=8, cond_channels=2)
+        flow = Glow(1, levels=levels, depth=depth, hidden=8, cond_features=2)
         assert _saved_bytes(flow, x, cond) == kept
     store = [
-        _saved_bytes(Glow(1, levels=2, depth=d, hidden=8, cond_channels=2, mode="store"), x, cond)
+        _saved_bytes(Glow(1, levels=2, depth=d, hidden=8, cond_features=2, mode="store"), x, cond)
         for d in (1, 4)
     ]
     assert store[1] > 3 * store[0] > 3 * kept
@@ -234,7 +234,7 @@ def test_factored_out_part_is_the_first_scale_output():
 
 
 def test_sampling_shapes_and_temperature():
-    flow = Glow(2, levels=2, depth=1, hidden=4, cond_channels=1)
+    flow = Glow(2, levels=2, depth=1, hidden=4, cond_features=1)
     cond = torch.randn(3, 1)
     samples = flow.sample((3, 2, 8, 8), cond)
     assert samples.shape == (3, 2, 8, 8) and torch.isfinite(samples).all()
@@ -243,11 +243,11 @@ def test_sampling_shapes_and_temperature():
 
 
 def test_glow_moves_casts_and_reloads():
-    flow = Glow(1, levels=2, depth=2, hidden=4, cond_channels=2).double()
+    flow = Glow(1, levels=2, depth=2, hidden=4, cond_features=2).double()
     x, cond = torch.randn(2, 1, 8, 8, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)
     z, _ = flow(x, cond)
     assert z.dtype == torch.float64 and flow.is_initialized
-    fresh = Glow(1, levels=2, depth=2, hidden=4, cond_channels=2).double()
+    fresh = Glow(1, levels=2, depth=2, hidden=4, cond_features=2).double()
     assert not fresh.is_initialized
     fresh.load_state_dict(flow.state_dict())
     assert fresh.is_initialized
@@ -259,7 +259,9 @@ def test_glow_moves_casts_and_reloads():
 def test_networks_nest_in_a_chain_and_unconditional_ones_ignore_the_condition(float64):
     """Inside a conditional chain, unconditional networks ignore the condition, and the
     chain's reconstruction runs through the networks' own rules."""
-    coupling = ResizeCondition(HINTCoupling(2, depth=1, hidden=4, cond_features=2, spatial_dims=2))
+    coupling = ResizeCondition(
+        HINTCoupling(2, recursion=1, hidden=4, cond_features=2, spatial_dims=2)
+    )
     outer = hf.Chain(
         Glow(2, levels=2, depth=1, hidden=4),
         coupling,
@@ -283,12 +285,12 @@ def test_networks_nest_in_a_chain_and_unconditional_ones_ignore_the_condition(fl
         ({"spatial_dims": 0}, r"Glow: spatial_dims must be one of \(1, 2, 3\), got 0"),
         ({"mode": "fast"}, "Glow: mode must be one of"),
         ({"squeeze": "wavelet"}, "Glow: squeeze must be one of"),
-        ({"cond_channels": -1}, "Glow: cond_channels must be an int >= 0"),
+        ({"cond_features": -1}, "Glow: cond_features must be an int >= 0"),
     ],
 )
 def test_glow_rejects_bad_options(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):  # TypeError: depth=2.5
-        Glow(**{"in_channels": 1, "levels": 2, "depth": 1, "hidden": 4, **kwargs})
+        Glow(**{"num_features": 1, "levels": 2, "depth": 1, "hidden": 4, **kwargs})
 
 
 @pytest.mark.parametrize(
@@ -310,7 +312,7 @@ def test_glow_rejects_bad_options(kwargs, message):
     ],
 )
 def test_glow_rejects_bad_input_and_changes_nothing(x, cond, error, message):
-    flow = Glow(1, levels=2, depth=1, hidden=4, cond_channels=2)
+    flow = Glow(1, levels=2, depth=1, hidden=4, cond_features=2)
     before = {k: v.clone() for k, v in flow.state_dict().items()}
     with pytest.raises(error, match=message):
         flow(x, cond)
@@ -319,7 +321,7 @@ def test_glow_rejects_bad_input_and_changes_nothing(x, cond, error, message):
 
 
 def test_glow_inverse_rejects_non_finite_latents_and_conditions():
-    flow = Glow(1, levels=2, depth=1, hidden=4, cond_channels=1)
+    flow = Glow(1, levels=2, depth=1, hidden=4, cond_features=1)
     z = torch.randn(2, 1, 8, 8)
     z[0, 0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN/Inf"):

@@ -199,7 +199,7 @@ def _set_flow(summary):
         lambda: _set_flow(hf.summary.SetTransformer(3, 4, hidden=8, heads=2)),
         lambda: _set_flow(hf.summary.MLP((5, 3), 4, hidden=8)),
         lambda: hf.ConditionalFlow(
-            hf.networks.Glow(1, levels=1, depth=1, hidden=4, cond_channels=2),
+            hf.networks.Glow(1, levels=1, depth=1, hidden=4, cond_features=2),
             hf.summary.CNN(1, 2, hidden=4, depth=1, output="field"),
             event_shape=(1, 4, 4),
         ),

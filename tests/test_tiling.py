@@ -50,7 +50,7 @@ def _condition(kind, batch, channels, spatial):
 LAYERS = {
     "affine": lambda c, k, d: AffineCoupling(c, hidden=6, cond_features=k, spatial_dims=d),
     "additive": lambda c, k, d: AdditiveCoupling(c, hidden=6, cond_features=k, spatial_dims=d),
-    "hint": lambda c, k, d: HINTCoupling(c, depth=2, hidden=6, cond_features=k, spatial_dims=d),
+    "hint": lambda c, k, d: HINTCoupling(c, recursion=2, hidden=6, cond_features=k, spatial_dims=d),
     "spline": lambda c, k, d: SplineCoupling(c, hidden=6, cond_features=k, spatial_dims=d),
 }
 # spatial sizes not divisible by the tiles; tile 1 is smaller than the default halo of 2
@@ -138,7 +138,7 @@ def test_tiled_glow_equals_untiled_and_samples_alike(float64):
     results, samples = {}, {}
     for tile in (None, 3):
         torch.manual_seed(0)
-        flow = Glow(2, levels=2, depth=2, hidden=8, cond_channels=1, tile_size=tile)
+        flow = Glow(2, levels=2, depth=2, hidden=8, cond_features=1, tile_size=tile)
         _perturbed(flow)
         results[tile] = _chain_grads(flow, x, cond)
         samples[tile] = flow.sample(

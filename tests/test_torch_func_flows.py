@@ -38,7 +38,7 @@ def _flow(summary: str = "mlp", mode: hf.Mode = "invert", validate: bool | None 
         flow = ConditionalFlow(transform, CNN(1, 4, hidden=8, depth=2), event_shape=(3,))
         x, theta = torch.randn(3, 5, 1, 8, 8), torch.randn(3, 5, 3)
     else:
-        glow = Glow(1, levels=2, depth=1, hidden=8, cond_channels=3, mode=mode, seed=0)
+        glow = Glow(1, levels=2, depth=1, hidden=8, cond_features=3, mode=mode, seed=0)
         flow = ConditionalFlow(glow, CNN(1, 3, output="field", hidden=8), event_shape=(1, 8, 8))
         x, theta = torch.randn(2, 3, 1, 8, 8), torch.randn(2, 3, 1, 8, 8)
     with torch.no_grad():  # ActNorm's data-dependent initialisation runs eagerly, once

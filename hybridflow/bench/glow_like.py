@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from hybridflow.autograd.chain import Chain
-from hybridflow.autograd.tiling import TileSize
-from hybridflow.layers.actnorm import ActNorm
-from hybridflow.layers.conv1x1 import InvConv1x1
+from hybridflow.arguments import one_of, positive_int
+from hybridflow.autograd import Chain, TileSize
+from hybridflow.deprecation import renamed_arguments
 from hybridflow.layers.coupling import AffineCoupling
 from hybridflow.layers.squeeze import Squeeze
+from hybridflow.networks.steps import glow_step
 
 __all__ = ["BenchMode", "GlowLike", "gaussian_nll", "training_step"]
 
@@ -25,10 +25,14 @@ reconstruction), or one per Glow step (``torch.utils.checkpoint``)."""
 
 class GlowLike(nn.Module):
     """A single-scale Glow: ``Squeeze(2)`` then ``depth`` x (ActNorm, InvConv1x1,
-    AffineCoupling) on images ``(B, channels, H, W)``.
+    AffineCoupling) (:func:`~hybridflow.networks.glow_step`) on images
+    ``(B, num_features, H, W)``.
+
+    Not a :class:`~hybridflow.networks.Network`: its ``"checkpoint"`` mode runs the steps
+    under ``torch.utils.checkpoint``, outside any chain.
 
     Args:
-        channels: channels of the input image.
+        num_features: channels of the input image (formerly ``channels``).
         depth: number of Glow steps.
         hidden: width of the coupling conditioners.
         mode: ``"store"`` (plain autograd), ``"invert"`` (hybridflow's reconstruction) or
@@ -46,9 +50,10 @@ class GlowLike(nn.Module):
         ((2, 12, 4, 4), (2,))
     """
 
+    @renamed_arguments(channels="num_features")
     def __init__(
         self,
-        channels: int,
+        num_features: int,
         depth: int,
         hidden: int,
         mode: BenchMode,
@@ -57,16 +62,13 @@ class GlowLike(nn.Module):
         tile_size: TileSize | None = None,
     ) -> None:
         super().__init__()
-        if mode not in ("store", "invert", "checkpoint"):
-            raise ValueError(
-                f"GlowLike: mode must be 'store', 'invert' or 'checkpoint', got {mode!r}"
-            )
-        width = 4 * channels
+        for name, value in (("num_features", num_features), ("depth", depth), ("hidden", hidden)):
+            positive_int(value, name, "GlowLike")
+        one_of(mode, "mode", "GlowLike", get_args(BenchMode))
+        width = 4 * num_features
         steps = [
             Chain(
-                ActNorm(width),
-                InvConv1x1(width),
-                AffineCoupling(width, hidden=hidden, spatial_dims=2),
+                *glow_step(AffineCoupling(width, hidden=hidden, spatial_dims=2), width, None),
                 mode="store",
             )
             for _ in range(depth)

@@ -6,15 +6,19 @@ import math
 from typing import Literal, get_args
 
 from hybridflow.arguments import integer, number, one_of, positive_int
-from hybridflow.autograd.chain import Chain, Mode
-from hybridflow.autograd.module import InvertibleModule
+from hybridflow.autograd import Chain, InvertibleModule, Mode
+from hybridflow.deprecation import renamed_arguments
 from hybridflow.distributions.support import Support, support_bounds
 from hybridflow.layers.actnorm import ActNorm
-from hybridflow.layers.conditional_elementwise import ConditionalAffine, ConditionalSpline
-from hybridflow.layers.conv1x1 import InvConv1x1
-from hybridflow.layers.coupling import AffineCoupling
-from hybridflow.layers.spline_coupling import SPLINE_BOUND, SplineCoupling
+from hybridflow.layers.coupling import (
+    SPLINE_BOUND,
+    AffineCoupling,
+    ConditionalAffine,
+    ConditionalSpline,
+    SplineCoupling,
+)
 from hybridflow.layers.support import Bounded
+from hybridflow.networks.steps import glow_step, offset_seed
 
 __all__ = ["CouplingKind", "coupling_flow"]
 
@@ -23,8 +27,9 @@ CouplingKind = Literal["affine", "spline"]
 spline (Neural Spline Flows)."""
 
 
+@renamed_arguments(features="num_features")
 def coupling_flow(
-    features: int,
+    num_features: int,
     cond_features: int = 0,
     *,
     depth: int = 4,
@@ -36,18 +41,18 @@ def coupling_flow(
     seed: int | None = 0,
     support: Support | None = None,
 ) -> Chain:
-    r"""A normalizing transform for vectors ``(B, features)``: ``depth`` steps of
+    r"""A normalizing transform for vectors ``(B, num_features)``: ``depth`` steps of
     :class:`~hybridflow.layers.ActNorm` -> :class:`~hybridflow.layers.InvConv1x1` ->
     coupling, as one :class:`~hybridflow.Chain`.
 
     ActNorm's data-dependent initialisation standardises the parameters from the first
-    training batch; the learned 1x1 convolution (a dense invertible ``features x features``
+    training batch; the learned 1x1 convolution (a dense invertible ``D x D``
     matrix) mixes the entries between couplings so that every entry is transformed (odd ``D``
     splits into ``D // 2`` pass-through and ``D - D // 2`` transformed entries). The couplings
     start as the identity, so an untrained flow is the base distribution pushed through the
     ActNorm layers.
 
-    **One parameter.** With ``features=1`` there is nothing to couple: each step is ActNorm
+    **One parameter.** With ``num_features=1`` there is nothing to couple: each step is ActNorm
     -> :class:`~hybridflow.layers.ConditionalSpline` (or
     :class:`~hybridflow.layers.ConditionalAffine`), an elementwise map whose parameters come
     from the condition alone (learned constants without one).
@@ -58,9 +63,9 @@ def coupling_flow(
     support and its samples never leak past the prior.
 
     Args:
-        features: size ``D`` of a parameter vector, at least 1.
+        num_features: size ``D`` of a parameter vector, at least 1 (formerly ``features``).
         cond_features: size of the condition (summary output); 0 for an unconditional flow.
-        depth: number of steps.
+        depth: number of flow steps.
         hidden: width of the couplings' conditioners.
         coupling: ``"spline"`` (the default, as in every example) or ``"affine"`` (see
             :data:`CouplingKind`).
@@ -89,10 +94,10 @@ def coupling_flow(
         Kingma & Dhariwal, "Glow", 2018; Durkan et al., "Neural Spline Flows", 2019.
     """
     where = "coupling_flow"
-    integer(features, "features", where, minimum=1)
+    positive_int(num_features, "num_features", where)
     integer(cond_features, "cond_features", where, minimum=0)
-    positive_int(depth, "depth", where)
-    positive_int(hidden, "hidden", where)
+    for name, value in (("depth", depth), ("hidden", hidden)):
+        positive_int(value, name, where)
     one_of(coupling, "coupling", where, get_args(CouplingKind))
     if coupling == "spline":
         integer(bins, "bins", where, minimum=2)
@@ -101,12 +106,12 @@ def coupling_flow(
     integer(seed, "seed", where, minimum=0, optional=True)
     layers: list[InvertibleModule] = []
     if support is not None:
-        lower, upper = support_bounds(support, features)
+        lower, upper = support_bounds(support, num_features)
         if any(math.isfinite(b) for b in (*lower, *upper)):
             layers.append(Bounded(lower, upper))
     for step in range(depth):
         block: InvertibleModule
-        if features == 1:
+        if num_features == 1:
             block = (
                 ConditionalAffine(1, cond_features, hidden)
                 if coupling == "affine"
@@ -115,12 +120,8 @@ def coupling_flow(
             layers += [ActNorm(1), block]
             continue
         if coupling == "affine":
-            block = AffineCoupling(features, hidden, cond_features)
+            block = AffineCoupling(num_features, hidden, cond_features)
         else:
-            block = SplineCoupling(features, hidden, cond_features, bins=bins, bound=bound)
-        layers += [
-            ActNorm(features),
-            InvConv1x1(features, seed=None if seed is None else seed + step),
-            block,
-        ]
+            block = SplineCoupling(num_features, hidden, cond_features, bins=bins, bound=bound)
+        layers += glow_step(block, num_features, offset_seed(seed, step))
     return Chain(*layers, mode=mode)

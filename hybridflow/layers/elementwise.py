@@ -11,13 +11,9 @@ from hybridflow.arguments import number, positive_int
 from hybridflow.autograd.checks import check_finite, check_input
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
 from hybridflow.errors import InputError, InputTypeError
-from hybridflow.layers.shapes import channel_view, reduce_except_channels
+from hybridflow.layers.shapes import channel_view, per_sample_sum, reduce_except_channels
 
 __all__ = ["Affine", "LeakyReLU"]
-
-
-def _per_sample_sum(x: Tensor) -> Tensor:
-    return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
 class Affine(InvertibleModule):
@@ -160,7 +156,7 @@ class LeakyReLU(InvertibleModule):
             )
 
     def _logdet(self, negative: Tensor, sign: float) -> Tensor:
-        return sign * math.log(self.negative_slope) * _per_sample_sum(negative.to(torch.float64))
+        return sign * math.log(self.negative_slope) * per_sample_sum(negative.to(torch.float64))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x, "LeakyReLU")

@@ -8,19 +8,18 @@ import torch
 from torch import Tensor
 
 from hybridflow.arguments import integer, number, one_of, positive_int
-from hybridflow.autograd.chain import Chain, Mode
+from hybridflow.autograd import Chain, InvertibleModule, Mode, TileSize
 from hybridflow.autograd.checks import autocast_condition, check_finite, check_input
-from hybridflow.autograd.module import InvertibleModule, Reconstruction
-from hybridflow.autograd.tiling import TileSize, check_tile_size
+from hybridflow.autograd.tiling import check_tile_size
+from hybridflow.deprecation import renamed_arguments, warn_deprecated
 from hybridflow.errors import InputError, InputTypeError
-from hybridflow.layers.actnorm import ActNorm
-from hybridflow.layers.conditioners import Subnet, check_subnet
-from hybridflow.layers.conv1x1 import InvConv1x1
-from hybridflow.layers.coupling import AffineCoupling
+from hybridflow.layers.coupling import AffineCoupling, Subnet, check_subnet
 from hybridflow.layers.haar import HaarSqueeze
 from hybridflow.layers.inverse import Inverse
 from hybridflow.layers.multiscale import ResizeCondition, Split
 from hybridflow.layers.squeeze import Squeeze
+from hybridflow.networks.base import Network
+from hybridflow.networks.steps import glow_step, offset_seed
 
 __all__ = ["Glow", "SqueezeKind"]
 
@@ -29,7 +28,7 @@ SqueezeKind = Literal["pixel", "haar"]
 or the orthonormal Haar transform (:class:`~hybridflow.layers.HaarSqueeze`)."""
 
 
-class Glow(InvertibleModule):
+class Glow(Network):
     r"""Multiscale Glow: ``levels`` scales, each squeeze -> ``depth`` flow steps -> split.
 
     At scale :math:`k` the input is squeezed (space to depth, :math:`2^d` times the channels
@@ -51,9 +50,9 @@ class Glow(InvertibleModule):
     step keeps only the latent and the condition for backward, whatever ``depth`` and
     ``levels``, and every layer uses its hand-written reconstructing rule.
 
-    **Condition.** With ``cond_channels > 0`` every coupling is conditional. The condition is
-    a vector ``(B, cond_channels)`` (broadcast over space) or a field
-    ``(B, cond_channels, *S_c)`` of any spatial size ``S_c``, which each scale resizes to its
+    **Condition.** With ``cond_features > 0`` every coupling is conditional. The condition is
+    a vector ``(B, cond_features)`` (broadcast over space) or a field
+    ``(B, cond_features, *S_c)`` of any spatial size ``S_c``, which each scale resizes to its
     own resolution by adaptive average pooling (:class:`~hybridflow.layers.ResizeCondition`).
     Condition gradients flow back to whatever produced it (a summary network).
 
@@ -62,13 +61,15 @@ class Glow(InvertibleModule):
     must be divisible by :math:`2^{\text{levels}}`.
 
     Args:
-        in_channels: channels ``C`` of the input.
+        num_features: channels ``C`` of the input (formerly ``in_channels``).
         levels: the number of scales.
         depth: flow steps per scale.
         hidden: width of the coupling conditioners.
-        cond_channels: channels of the condition; 0 for an unconditional flow.
+        cond_features: channels of the condition; 0 for an unconditional flow (formerly
+            ``cond_channels``).
         spatial_dims: 1, 2 or 3.
-        mode: ``"invert"`` (memory flat in depth and levels) or ``"store"`` (plain autograd).
+        mode: ``"invert"`` (memory flat in depth and levels) or ``"store"`` (plain autograd);
+            the attribute :attr:`mode` reads and sets every chain of the network.
         squeeze: ``"pixel"`` (Glow's space-to-depth) or ``"haar"`` (orthonormal wavelets:
             the factored-out channels are then the finest detail bands).
         subnet: optional conditioner factory ``subnet(in_features, out_features)`` replacing
@@ -83,7 +84,7 @@ class Glow(InvertibleModule):
     Example:
         >>> import torch
         >>> from hybridflow.networks import Glow
-        >>> flow = Glow(3, levels=2, depth=2, hidden=16, cond_channels=1)
+        >>> flow = Glow(3, levels=2, depth=2, hidden=16, cond_features=1)
         >>> x, c = torch.randn(4, 3, 16, 16), torch.randn(4, 1, 16, 16)
         >>> z, logdet = flow(x, c)
         >>> z.shape == x.shape, [tuple(p.shape) for p in flow.split_latent(z)]
@@ -100,13 +101,14 @@ class Glow(InvertibleModule):
         flows", 2023 (arXiv:2312.13480).
     """
 
+    @renamed_arguments(in_channels="num_features", cond_channels="cond_features")
     def __init__(
         self,
-        in_channels: int,
+        num_features: int,
         levels: int = 3,
         depth: int = 8,
         hidden: int = 64,
-        cond_channels: int = 0,
+        cond_features: int = 0,
         spatial_dims: int = 2,
         mode: Mode = "invert",
         *,
@@ -116,26 +118,23 @@ class Glow(InvertibleModule):
         seed: int | None = None,
         tile_size: TileSize | None = None,
     ) -> None:
-        super().__init__()
-        self.in_channels = positive_int(in_channels, "in_channels", "Glow")
-        self.levels = positive_int(levels, "levels", "Glow")
-        self.depth = positive_int(depth, "depth", "Glow")
-        self.hidden = positive_int(hidden, "hidden", "Glow")
-        self.cond_channels = integer(cond_channels, "cond_channels", "Glow", minimum=0)
+        positive_int(num_features, "num_features", "Glow")
+        for name, value in (("levels", levels), ("depth", depth), ("hidden", hidden)):
+            positive_int(value, name, "Glow")
+        integer(cond_features, "cond_features", "Glow", minimum=0)
         one_of(spatial_dims, "spatial_dims", "Glow", (1, 2, 3))
-        one_of(mode, "mode", "Glow", get_args(Mode))
+        super().__init__(num_features, cond_features, spatial_dims, mode)
+        self.levels, self.depth, self.hidden = levels, depth, hidden
         one_of(squeeze, "squeeze", "Glow", get_args(SqueezeKind))
         check_subnet(subnet, "Glow")
         number(clamp, "clamp", "Glow", minimum=0, open_low=True)
         integer(seed, "seed", "Glow", minimum=0, optional=True)
-        self.spatial_dims = spatial_dims
-        self.mode: Mode = mode
         self.squeeze_kind: SqueezeKind = squeeze
         self.clamp = clamp
         self._subnet = subnet
         self._seed = seed
         self.tile_size = check_tile_size(tile_size, "Glow")
-        self.flow = self._scale(in_channels, 0)
+        self.flow = self._scale(num_features, 0)
 
     def _squeeze_layer(self) -> Squeeze | HaarSqueeze:
         return Squeeze(2) if self.squeeze_kind == "pixel" else HaarSqueeze()
@@ -145,58 +144,58 @@ class Glow(InvertibleModule):
         width = channels * 2**self.spatial_dims
         steps: list[InvertibleModule] = []
         for step in range(self.depth):
-            seed = None if self._seed is None else self._seed + level * self.depth + step
-            steps += [
-                ActNorm(width),
-                InvConv1x1(width, seed=seed),
-                AffineCoupling(
-                    width,
-                    self.hidden,
-                    self.cond_channels,
-                    self.spatial_dims,
-                    subnet=self._subnet,
-                    clamp=self.clamp,
-                ),
-            ]
-        body: InvertibleModule = Chain(*steps, mode=self.mode, tile_size=self.tile_size)
-        if self.cond_channels:
+            coupling = AffineCoupling(
+                width,
+                self.hidden,
+                self.cond_features,
+                self.spatial_dims,
+                subnet=self._subnet,
+                clamp=self.clamp,
+            )
+            steps += glow_step(coupling, width, offset_seed(self._seed, level * self.depth + step))
+        body: InvertibleModule = self._chain(*steps, tile_size=self.tile_size)
+        if self.cond_features:
             body = ResizeCondition(body)
         layers: list[InvertibleModule] = [self._squeeze_layer(), body]
         if level + 1 < self.levels:
             layers.append(Split(self._scale(width // 2, level + 1), split_size=width // 2))
         layers.append(Inverse(self._squeeze_layer()))
-        return Chain(*layers, mode=self.mode)
+        return self._chain(*layers)
 
     @property
-    def takes_condition(self) -> bool:
-        return self.cond_channels > 0
+    def in_channels(self) -> int:
+        """Deprecated name of :attr:`num_features`."""
+        warn_deprecated("Glow.in_channels", "read Glow.num_features")
+        return self.num_features
 
     @property
-    def is_initialized(self) -> bool:
-        return all(m.is_initialized for m in self.modules() if isinstance(m, ActNorm))
+    def cond_channels(self) -> int:
+        """Deprecated name of :attr:`cond_features`."""
+        warn_deprecated("Glow.cond_channels", "read Glow.cond_features")
+        return self.cond_features
 
     def extra_repr(self) -> str:
         return (
-            f"in_channels={self.in_channels}, levels={self.levels}, depth={self.depth}, "
-            f"hidden={self.hidden}, cond_channels={self.cond_channels}, "
+            f"num_features={self.num_features}, levels={self.levels}, depth={self.depth}, "
+            f"hidden={self.hidden}, cond_features={self.cond_features}, "
             f"spatial_dims={self.spatial_dims}, mode={self.mode!r}, squeeze={self.squeeze_kind!r}"
         )
 
     # -- validation ------------------------------------------------------------------------
     def _check(self, x: Tensor, cond: object, where: str) -> Tensor | None:
         """Validate the input and the condition; return the condition the flow should see."""
-        check_input(x, where, self.in_channels, self.spatial_dims, self)
+        check_input(x, where, self.num_features, self.spatial_dims, self)
         sizes = tuple(x.shape[2:])
         if any(s % 2**self.levels for s in sizes):
             raise InputError(
                 f"spatial sizes {sizes} must be divisible by 2**levels = {2**self.levels}",
                 where=(where,),
             )
-        if not self.cond_channels:
+        if not self.cond_features:
             return None  # an unconditional module ignores the condition a chain passes it
         if cond is None:
             raise InputError(
-                f"missing condition; the flow was built with cond_channels={self.cond_channels}",
+                f"missing condition; the flow was built with cond_features={self.cond_features}",
                 where=(where,),
             )
         if not isinstance(cond, Tensor):
@@ -206,12 +205,12 @@ class Glow(InvertibleModule):
         if (
             cond.dim() not in (2, x.dim())
             or cond.shape[0] != x.shape[0]
-            or cond.shape[1] != self.cond_channels
+            or cond.shape[1] != self.cond_features
         ):
             raise InputError(
                 f"condition has shape {tuple(cond.shape)}, expected a vector "
-                f"(B={x.shape[0]}, {self.cond_channels}) or a field (B={x.shape[0]}, "
-                f"{self.cond_channels}, {', '.join(['*'] * self.spatial_dims)}) of any size",
+                f"(B={x.shape[0]}, {self.cond_features}) or a field (B={x.shape[0]}, "
+                f"{self.cond_features}, {', '.join(['*'] * self.spatial_dims)}) of any size",
                 where=(where,),
             )
         cond = autocast_condition(cond, x)  # a summary's bfloat16 condition under autocast
@@ -224,53 +223,6 @@ class Glow(InvertibleModule):
         check_finite(cond, f"{where} (condition)")
         return cond
 
-    # -- the passes ------------------------------------------------------------------------
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(z, logdet)``: the latent (shape of ``x``) and the log determinant ``(B,)``."""
-        return self.flow(x, self._check(x, cond, "Glow"))
-
-    def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(x, logdet)``: the input and the log determinant of the inverse map."""
-        return self.flow.inverse(z, self._check(z, cond, "Glow.inverse"))
-
-    def reconstruct_vjp(
-        self,
-        output: Tensor,
-        grad_output: Tensor,
-        grad_logdet: Tensor,
-        cond: Tensor | None = None,
-        *,
-        inverse: bool = False,
-    ) -> Reconstruction:
-        """The flow's reconstructing rule (used when the network is nested in a chain)."""
-        return self.flow.reconstruct_vjp(
-            output,
-            grad_output,
-            grad_logdet,
-            cond if self.cond_channels else None,
-            inverse=inverse,
-        )
-
-    @torch.no_grad()
-    def sample(
-        self,
-        shape: tuple[int, ...],
-        cond: Tensor | None = None,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Draw ``x = f^{-1}(t z)``, ``z ~ N(0, I)`` of the given input ``shape`` ``(B, C, *S)``.
-
-        Args:
-            shape: the shape of the samples, as of an input.
-            cond: the condition, as for :meth:`forward`.
-            temperature: the standard deviation ``t`` of the latent.
-            generator: optional random generator.
-        """
-        param = next(self.parameters())
-        z = torch.randn(shape, generator=generator, dtype=param.dtype).to(param.device)
-        return self.inverse(temperature * z, cond)[0]
-
     # -- latent layout ---------------------------------------------------------------------
     def split_latent(self, z: Tensor) -> list[Tensor]:
         """The per-scale parts of a latent ``z`` (shape of the input), finest scale first.
@@ -279,7 +231,7 @@ class Glow(InvertibleModule):
         ``(B, C 2^{d(k+1)} / 2^{k+1}, *S / 2^{k+1})``; the last part is the coarsest scale's
         output, ``(B, C 2^{dL} / 2^{L-1}, *S / 2^L)``. A fixed rearrangement: no parameters.
         """
-        check_input(z, "Glow.split_latent", self.in_channels, self.spatial_dims)
+        check_input(z, "Glow.split_latent", self.num_features, self.spatial_dims)
         squeeze = self._squeeze_layer()
         parts = []
         h = z

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from torch import Tensor
-
 from hybridflow.arguments import integer, number, one_of, positive_int
-from hybridflow.autograd.chain import Chain, Mode
-from hybridflow.autograd.checks import check_condition, check_input
-from hybridflow.autograd.module import InvertibleModule, Reconstruction
-from hybridflow.layers.conditioners import Subnet, check_subnet
-from hybridflow.layers.hint_coupling import HINTCoupling
+from hybridflow.autograd import InvertibleModule, Mode
+from hybridflow.layers.coupling import HINTCoupling, Subnet, check_subnet
 from hybridflow.layers.permutation import Permute, Reverse
+from hybridflow.networks.base import Network
+from hybridflow.networks.steps import offset_seed
 
 __all__ = ["HINT", "PermutationKind"]
 
@@ -21,7 +18,7 @@ PermutationKind = Literal["random", "reverse"]
 or :class:`~hybridflow.layers.Reverse`."""
 
 
-class HINT(InvertibleModule):
+class HINT(Network):
     r"""A stack of ``depth`` blocks, each a fixed channel permutation followed by a
     :class:`~hybridflow.layers.HINTCoupling` of recursion depth ``recursion``:
     :math:`f = (T_n \circ P_n) \circ \dots \circ (T_1 \circ P_1)`.
@@ -46,7 +43,8 @@ class HINT(InvertibleModule):
         hidden: width of the conditioners.
         cond_features: features of the condition; 0 for an unconditional network.
         spatial_dims: 0 for vectors, 1/2/3 for sequences, images, volumes.
-        mode: ``"invert"`` (memory flat in depth) or ``"store"`` (plain autograd).
+        mode: ``"invert"`` (memory flat in depth) or ``"store"`` (plain autograd); the
+            attribute :attr:`mode` reads and sets the network's chain.
         permutation: ``"random"`` (seeded :class:`~hybridflow.layers.Permute`) or
             ``"reverse"`` (:class:`~hybridflow.layers.Reverse`).
         subnet: optional conditioner factory ``subnet(in_features, out_features)``.
@@ -83,27 +81,21 @@ class HINT(InvertibleModule):
         clamp: float = 2.0,
         seed: int | None = None,
     ) -> None:
-        super().__init__()
         integer(num_features, "num_features", "HINT", minimum=2)
-        positive_int(depth, "depth", "HINT")
-        positive_int(recursion, "recursion", "HINT")
-        positive_int(hidden, "hidden", "HINT")
+        for name, value in (("depth", depth), ("recursion", recursion), ("hidden", hidden)):
+            positive_int(value, name, "HINT")
         integer(cond_features, "cond_features", "HINT", minimum=0)
         one_of(spatial_dims, "spatial_dims", "HINT", (0, 1, 2, 3))
-        one_of(mode, "mode", "HINT", get_args(Mode))
+        super().__init__(num_features, cond_features, spatial_dims, mode)
         one_of(permutation, "permutation", "HINT", get_args(PermutationKind))
         check_subnet(subnet, "HINT")
         number(clamp, "clamp", "HINT", minimum=0, open_low=True)
         integer(seed, "seed", "HINT", minimum=0, optional=True)
-        self.num_features = num_features
         self.depth = depth
-        self.cond_features = cond_features
-        self.spatial_dims = spatial_dims
-        self.mode: Mode = mode
         blocks: list[InvertibleModule] = []
         for i in range(depth):
             if permutation == "random":
-                blocks.append(Permute(num_features, seed=None if seed is None else seed + i))
+                blocks.append(Permute(num_features, seed=offset_seed(seed, i)))
             else:
                 blocks.append(Reverse(num_features))
             blocks.append(
@@ -111,44 +103,11 @@ class HINT(InvertibleModule):
                     num_features, recursion, hidden, cond_features, spatial_dims, subnet, clamp
                 )
             )
-        self.flow = Chain(*blocks, mode=mode)
-
-    @property
-    def takes_condition(self) -> bool:
-        return self.cond_features > 0
+        self.flow = self._chain(*blocks)
 
     def extra_repr(self) -> str:
         return (
             f"num_features={self.num_features}, depth={self.depth}, "
             f"cond_features={self.cond_features}, spatial_dims={self.spatial_dims}, "
             f"mode={self.mode!r}"
-        )
-
-    def _check(self, x: Tensor, cond: Tensor | None, where: str) -> Tensor | None:
-        check_input(x, where, self.num_features, self.spatial_dims, self)
-        check_condition(cond, x, where, self.cond_features)
-        return cond if self.cond_features else None
-
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self.flow(x, self._check(x, cond, "HINT"))
-
-    def inverse(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self.flow.inverse(z, self._check(z, cond, "HINT.inverse"))
-
-    def reconstruct_vjp(
-        self,
-        output: Tensor,
-        grad_output: Tensor,
-        grad_logdet: Tensor,
-        cond: Tensor | None = None,
-        *,
-        inverse: bool = False,
-    ) -> Reconstruction:
-        """The chain's reconstructing rule (used when the network is nested in a chain)."""
-        return self.flow.reconstruct_vjp(
-            output,
-            grad_output,
-            grad_logdet,
-            cond if self.cond_features else None,
-            inverse=inverse,
         )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from hybridflow.layers.conditioners import Subnet
-from hybridflow.layers.coupling import AffineCoupling
-from hybridflow.layers.spline_coupling import SPLINE_BOUND, SplineCoupling
+from hybridflow.layers.coupling.affine import AffineCoupling
+from hybridflow.layers.coupling.conditioners import Subnet
+from hybridflow.layers.coupling.spline import SPLINE_BOUND, SplineCoupling
 
 __all__ = ["ConditionalAffine", "ConditionalSpline"]
 
@@ -49,6 +49,8 @@ class ConditionalSpline(SplineCoupling):
         context, as zuko's and nflows' one-dimensional transforms).
     """
 
+    previous_config_names = ("hybridflow.layers.conditional_elementwise.ConditionalSpline",)
+
     passes_half = False
 
     def __init__(
@@ -85,6 +87,8 @@ class ConditionalAffine(AffineCoupling):
         >>> tuple(y.shape), tuple(logdet.shape)
         ((4, 1), (4,))
     """
+
+    previous_config_names = ("hybridflow.layers.conditional_elementwise.ConditionalAffine",)
 
     passes_half = False
 

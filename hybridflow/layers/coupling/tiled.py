@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from hybridflow.autograd.module import Reconstruction, vjp_wrt
-from hybridflow.autograd.tiling import Tile, TileSize, tile_grid
+from hybridflow.autograd import Reconstruction, TileSize, tile_grid, vjp_wrt
+from hybridflow.autograd.tiling import Tile
 
 if TYPE_CHECKING:
-    from hybridflow.layers.coupling import CouplingLayer
+    from hybridflow.layers.coupling.base import CouplingLayer
 
 __all__ = ["tiled_pass", "tiled_reconstruct"]
 

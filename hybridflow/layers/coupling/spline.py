@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hybridflow.arguments import integer, number
-from hybridflow.layers.conditioners import Subnet
-from hybridflow.layers.coupling import CouplingLayer
+from hybridflow.layers.coupling.base import CouplingLayer
+from hybridflow.layers.coupling.conditioners import Subnet
+from hybridflow.layers.shapes import per_sample_sum
 
 __all__ = ["SPLINE_BOUND", "SplineCoupling", "SplineKnots"]
 
@@ -90,10 +91,6 @@ def _log_slope(b: _Bin, theta: Tensor) -> Tensor:
     return 2 * torch.log(b.slope) + torch.log(numerator) - 2 * torch.log(denominator)
 
 
-def _per_sample_sum(x: Tensor) -> Tensor:
-    return x.reshape(x.shape[0], -1).sum(dim=1)
-
-
 def _with_positions(h: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     """Give vectors ``(B, C)`` one trailing spatial position, ``(B, C, 1)``: the spline code
     keeps its knot axis at dimension 2 and wants something after it (softmax along a last
@@ -158,6 +155,8 @@ class SplineCoupling(CouplingLayer):
         1982.
     """
 
+    previous_config_names = ("hybridflow.layers.spline_coupling.SplineCoupling",)
+
     def __init__(
         self,
         num_features: int,
@@ -171,7 +170,7 @@ class SplineCoupling(CouplingLayer):
         min_bin_height: float = 1e-3,
         min_derivative: float = 1e-3,
     ) -> None:
-        where = "SplineCoupling"
+        where = type(self).__name__
         integer(bins, "bins", where, minimum=2)
         number(bound, "bound", where, minimum=0, open_low=True)
         for name, floor in (("min_bin_width", min_bin_width), ("min_bin_height", min_bin_height)):
@@ -186,9 +185,14 @@ class SplineCoupling(CouplingLayer):
             open_low=True,
             open_high=True,
         )
-        # Set before the template builds the conditioner, which reads it.
-        self.params_per_feature = 3 * bins - 1
-        super().__init__(num_features, hidden, cond_features, spatial_dims, subnet)
+        super().__init__(
+            num_features,
+            hidden,
+            cond_features,
+            spatial_dims,
+            subnet,
+            params_per_feature=3 * bins - 1,
+        )
         self.bins = bins
         self.bound = float(bound)
         self.min_bin_width = min_bin_width
@@ -289,7 +293,7 @@ class SplineCoupling(CouplingLayer):
         denominator = b.slope + (b.d_lo + b.d_hi - 2 * b.slope) * mixed
         y2 = torch.where(inside, b.y_lo + numerator / denominator, x2)
         log_slope = torch.where(inside, _log_slope(b, theta), torch.zeros_like(theta))
-        return y2, _per_sample_sum(log_slope)
+        return y2, per_sample_sum(log_slope)
 
     def _inverse_spline(self, y2: Tensor, knots: SplineKnots) -> tuple[Tensor, Tensor]:
         """``(x2, logdet of the inverse)``: the root in :math:`[0, 1]` of the bin's quadratic."""
@@ -307,4 +311,4 @@ class SplineCoupling(CouplingLayer):
         theta = 2 * qc / (-qb - root)
         x2 = torch.where(inside, b.x_lo + theta * b.width, y2)
         log_slope = torch.where(inside, _log_slope(b, theta), torch.zeros_like(theta))
-        return x2, -_per_sample_sum(log_slope)
+        return x2, -per_sample_sum(log_slope)

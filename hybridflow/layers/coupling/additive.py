@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from hybridflow.layers.coupling import CouplingLayer
+from hybridflow.layers.coupling.base import CouplingLayer
 
 __all__ = ["AdditiveCoupling"]
 
@@ -40,6 +40,8 @@ class AdditiveCoupling(CouplingLayer):
         Dinh et al., "NICE: Non-linear Independent Components Estimation", 2015;
         Gomez et al., "The Reversible Residual Network", 2017.
     """
+
+    previous_config_names = ("hybridflow.layers.additive_coupling.AdditiveCoupling",)
 
     params_per_feature = 1
 

@@ -5,25 +5,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hybridflow.arguments import integer, one_of, positive_int
-from hybridflow.autograd.checks import check_condition, check_finite, check_input, inside_chain
-from hybridflow.autograd.module import InvertibleModule, Reconstruction
-from hybridflow.layers.conditioners import Subnet
-from hybridflow.layers.coupling import AffineCoupling
+from hybridflow.arguments import positive_int
+from hybridflow.autograd import InvertibleModule, Reconstruction
+from hybridflow.autograd.checks import check_finite, inside_chain
+from hybridflow.deprecation import renamed_arguments, warn_deprecated
+from hybridflow.layers.coupling.affine import AffineCoupling
+from hybridflow.layers.coupling.base import CouplingBase
+from hybridflow.layers.coupling.conditioners import Subnet
 
 __all__ = ["HINTCoupling"]
 
 
-class HINTCoupling(InvertibleModule):
+class HINTCoupling(CouplingBase):
     r"""Recursive affine coupling: :math:`x = [x_a, x_b]` (first ``num_features // 2``
     channels, then the rest) and
 
     .. math::
         f(x) = \left[\, T_a(x_a),\ T_b\!\left(x_b \odot e^{s(x_a, c)} + t(x_a, c)\right) \right]
 
-    where :math:`T_a` and :math:`T_b` are HINT couplings of depth ``depth - 1`` on each half
-    (the identity at depth 1, or when a half has a single channel). Depth 1 is an
-    :class:`~hybridflow.layers.AffineCoupling`; depth ``r`` holds up to :math:`2^r - 1` affine
+    where :math:`T_a` and :math:`T_b` are HINT couplings of recursion ``recursion - 1`` on each
+    half (the identity at recursion 1, or when a half has a single channel). Recursion 1 is an
+    :class:`~hybridflow.layers.AffineCoupling`; recursion ``r`` holds up to :math:`2^r - 1` affine
     sub-couplings, and its Jacobian is dense lower triangular (every channel depends on all
     channels before it), whereas one coupling's is block diagonal with one dense block. The log
     determinant is the sum of the sub-couplings'.
@@ -39,7 +41,8 @@ class HINTCoupling(InvertibleModule):
 
     Args:
         num_features: channels or features of the input, at least 2.
-        depth: recursion depth ``r >= 1``.
+        recursion: recursion depth ``r >= 1`` (formerly ``depth``, a name now kept for the
+            number of flow steps of a network).
         hidden: width of the default conditioners.
         cond_features: channels of the condition; 0 for an unconditional layer.
         spatial_dims: 0 for vectors, 1/2/3 for sequences, images, volumes.
@@ -51,7 +54,7 @@ class HINTCoupling(InvertibleModule):
     Example:
         >>> import torch
         >>> from hybridflow.layers import HINTCoupling
-        >>> layer = HINTCoupling(8, depth=3, hidden=16, cond_features=2)
+        >>> layer = HINTCoupling(8, recursion=3, hidden=16, cond_features=2)
         >>> sum(1 for _ in layer.sub_couplings())
         7
         >>> x, c = torch.randn(5, 8), torch.randn(5, 2)
@@ -64,51 +67,43 @@ class HINTCoupling(InvertibleModule):
         for Density Estimation and Bayesian Inference", AAAI 2021.
     """
 
+    previous_config_names = ("hybridflow.layers.hint_coupling.HINTCoupling",)
+
+    @renamed_arguments(depth="recursion")
     def __init__(
         self,
         num_features: int,
-        depth: int = 2,
+        recursion: int = 2,
         hidden: int = 64,
         cond_features: int = 0,
         spatial_dims: int = 0,
         subnet: Subnet | None = None,
         clamp: float = 2.0,
     ) -> None:
-        super().__init__()
-        where = "HINTCoupling"
-        integer(num_features, "num_features", where, minimum=2)
-        positive_int(depth, "depth", where)
-        positive_int(hidden, "hidden", where)
-        integer(cond_features, "cond_features", where, minimum=0)
-        one_of(spatial_dims, "spatial_dims", where, (0, 1, 2, 3))
-        self.num_features = num_features
-        self.depth = depth
-        self.cond_features = cond_features
-        self.spatial_dims = spatial_dims
-        self.split_size = num_features // 2
+        super().__init__(num_features, hidden, cond_features, spatial_dims, subnet)
+        self.recursion = positive_int(recursion, "recursion", "HINTCoupling")
         self.coupling = AffineCoupling(
             num_features, hidden, cond_features, spatial_dims, subnet, clamp
         )
 
         def child(features: int) -> HINTCoupling | None:
-            if depth == 1 or features < 2:
+            if recursion == 1 or features < 2:
                 return None
             return HINTCoupling(
-                features, depth - 1, hidden, cond_features, spatial_dims, subnet, clamp
+                features, recursion - 1, hidden, cond_features, spatial_dims, subnet, clamp
             )
 
         self.lower = child(self.split_size)
         self.upper = child(num_features - self.split_size)
 
-    @property
-    def takes_condition(self) -> bool:
-        return self.cond_features > 0
-
     def extra_repr(self) -> str:
-        return (
-            f"num_features={self.num_features}, depth={self.depth}, "
-            f"cond_features={self.cond_features}, spatial_dims={self.spatial_dims}"
-        )
+        return f"{super().extra_repr()}, recursion={self.recursion}"
+
+    @property
+    def depth(self) -> int:
+        """Deprecated name of :attr:`recursion`."""
+        warn_deprecated("HINTCoupling.depth", "read HINTCoupling.recursion")
+        return self.recursion
 
     def sub_couplings(self) -> list[AffineCoupling]:
         """The affine sub-couplings, outermost first (pre-order over the recursion tree)."""
@@ -117,13 +112,6 @@ class HINTCoupling(InvertibleModule):
             if child is not None:
                 found += child.sub_couplings()
         return found
-
-    def _check(self, x: Tensor, cond: Tensor | None, where: str) -> None:
-        check_input(x, where, self.num_features, self.spatial_dims)
-        check_condition(cond, x, where, self.cond_features)
-
-    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return x[:, : self.split_size], x[:, self.split_size :]
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x, cond, "HINTCoupling")

@@ -1,4 +1,9 @@
-"""Coupling layers: half the features pass through and parametrise a map of the other half."""
+"""The coupling template: argument checks, the channel split and the conditioner, written once.
+
+:class:`CouplingBase` is what every coupling shares (the checked arguments, the split of the
+channels into a pass-through and a transformed part, the input and condition checks);
+:class:`CouplingLayer` adds the conditioner and leaves a subclass two small methods.
+"""
 
 from __future__ import annotations
 
@@ -7,47 +12,40 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from hybridflow.arguments import integer, number, one_of, positive_int
+from hybridflow.arguments import integer, one_of, positive_int
+from hybridflow.autograd import (
+    Halo,
+    InvertibleModule,
+    Reconstruction,
+    TileSize,
+    active_tile_size,
+    vjp_wrt,
+)
 from hybridflow.autograd.checks import check_condition, check_finite, check_input
-from hybridflow.autograd.module import InvertibleModule, Reconstruction, vjp_wrt
-from hybridflow.autograd.tiling import Halo, TileSize, active_tile_size
 from hybridflow.errors import ArgumentError
-from hybridflow.layers.conditioners import (
+from hybridflow.layers.coupling.conditioners import (
     ConstantConditioner,
     Subnet,
     check_subnet,
     default_conditioner,
 )
+from hybridflow.layers.coupling.tiled import tiled_pass, tiled_reconstruct
 from hybridflow.layers.receptive_field import receptive_halo
-from hybridflow.layers.tiled_coupling import tiled_pass, tiled_reconstruct
 
-__all__ = ["AffineCoupling", "CouplingLayer"]
+__all__ = ["CouplingBase", "CouplingLayer"]
 
 
-class CouplingLayer(InvertibleModule):
-    r"""Template of coupling layers: :math:`y_1 = x_1`, :math:`y_2 = g(x_2; h)`,
-    :math:`h = \mathrm{NN}([x_1, c])`, with ``g`` elementwise and invertible in :math:`x_2`.
+class CouplingBase(InvertibleModule):
+    """What every coupling shares: checked arguments and the split of the channels.
 
-    The input splits along dimension 1 into :math:`x_1` (the first ``num_features // 2``
-    channels) and :math:`x_2` (the rest). The condition, if any, is concatenated to the
-    conditioner's input: a vector ``(B, cond_features)`` is broadcast over space.
-
-    Subclasses set :attr:`params_per_feature` and write two small methods,
-    :meth:`_transform` and :meth:`_inverse_transform`; they may also write
-    :meth:`_elementwise_vjp` by hand. The reconstructing backward runs the conditioner once
-    forward and once backward, whatever ``g`` is: the elementwise part is cheap.
-
-    Args:
-        num_features: channels (images, volumes) or features (vectors) of the input, at least 2.
-        hidden: width of the default conditioner.
-        cond_features: channels of the condition; 0 for an unconditional layer.
-        spatial_dims: 0 for vectors ``(B, D)``, 1/2/3 for ``(B, C, L)``, ``(B, C, H, W)``,
-            ``(B, C, D, H, W)``; picks a Linear or Conv1d/2d/3d conditioner.
-        subnet: optional conditioner factory ``subnet(in_features, out_features)`` replacing the
-            default network. All trainable parameters of the layer must live in it.
+    The input ``(B, num_features, *spatial)`` splits along dimension 1 into a pass-through
+    part (the first ``split_size = num_features // 2`` channels; none when
+    :attr:`passes_half` is ``False``) and the transformed rest. The condition, if any, is a
+    vector ``(B, cond_features)`` or a field ``(B, cond_features, *spatial)``. The arguments
+    are those of :class:`CouplingLayer` (``num_features`` at least 1 without a pass-through
+    part).
     """
 
-    params_per_feature: int = 1
     passes_half: ClassVar[bool] = True
     """``False`` for the elementwise conditional variants: every feature is transformed and
     the conditioner sees the condition alone (the pass-through half is empty)."""
@@ -62,15 +60,7 @@ class CouplingLayer(InvertibleModule):
     ) -> None:
         super().__init__()
         name = type(self).__name__
-        minimum = 2 if self.passes_half else 1
-        if minimum == 2 and num_features == 1 and not isinstance(num_features, bool):
-            raise ArgumentError(
-                "num_features must be an int >= 2 (half of the features pass through), got "
-                "1; for one feature use ConditionalSpline or ConditionalAffine",
-                argument="num_features",
-                where=(name,),
-            )
-        integer(num_features, "num_features", name, minimum=minimum)
+        integer(num_features, "num_features", name, minimum=2 if self.passes_half else 1)
         positive_int(hidden, "hidden", name)
         integer(cond_features, "cond_features", name, minimum=0)
         one_of(spatial_dims, "spatial_dims", name, (0, 1, 2, 3))
@@ -79,14 +69,6 @@ class CouplingLayer(InvertibleModule):
         self.cond_features = cond_features
         self.spatial_dims = spatial_dims
         self.split_size = num_features // 2 if self.passes_half else 0
-        in_features = self.split_size + cond_features
-        out_features = (num_features - self.split_size) * self.params_per_feature
-        if subnet is not None:
-            self.conditioner = subnet(in_features, out_features)
-        elif in_features == 0:
-            self.conditioner = ConstantConditioner(out_features, spatial_dims)
-        else:
-            self.conditioner = default_conditioner(in_features, out_features, hidden, spatial_dims)
 
     @property
     def takes_condition(self) -> bool:
@@ -97,6 +79,73 @@ class CouplingLayer(InvertibleModule):
             f"num_features={self.num_features}, cond_features={self.cond_features}, "
             f"spatial_dims={self.spatial_dims}"
         )
+
+    def _check(self, x: Tensor, cond: Tensor | None, where: str) -> None:
+        check_input(x, where, self.num_features, self.spatial_dims, self)
+        check_condition(cond, x, where, self.cond_features)
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(pass-through part, transformed part)`` of ``x`` along dimension 1."""
+        return x[:, : self.split_size], x[:, self.split_size :]
+
+
+class CouplingLayer(CouplingBase):
+    r"""Template of coupling layers: :math:`y_1 = x_1`, :math:`y_2 = g(x_2; h)`,
+    :math:`h = \mathrm{NN}([x_1, c])`, with ``g`` elementwise and invertible in :math:`x_2`.
+
+    The input splits along dimension 1 into :math:`x_1` (the first ``num_features // 2``
+    channels) and :math:`x_2` (the rest). The condition, if any, is concatenated to the
+    conditioner's input: a vector ``(B, cond_features)`` is broadcast over space.
+
+    Subclasses set :attr:`params_per_feature` (or pass it to ``__init__``) and write two small
+    methods, :meth:`_transform` and :meth:`_inverse_transform`; they may also write
+    :meth:`_elementwise_vjp` by hand. The reconstructing backward runs the conditioner once
+    forward and once backward, whatever ``g`` is: the elementwise part is cheap.
+
+    Args:
+        num_features: channels (images, volumes) or features (vectors) of the input, at least 2.
+        hidden: width of the default conditioner.
+        cond_features: channels of the condition; 0 for an unconditional layer.
+        spatial_dims: 0 for vectors ``(B, D)``, 1/2/3 for ``(B, C, L)``, ``(B, C, H, W)``,
+            ``(B, C, D, H, W)``; picks a Linear or Conv1d/2d/3d conditioner.
+        subnet: optional conditioner factory ``subnet(in_features, out_features)`` replacing the
+            default network. All trainable parameters of the layer must live in it.
+    """
+
+    params_per_feature: int = 1
+    """Conditioner outputs per transformed feature (a class attribute; a subclass whose count
+    depends on its arguments passes ``params_per_feature`` to ``__init__`` instead)."""
+
+    def __init__(
+        self,
+        num_features: int,
+        hidden: int = 64,
+        cond_features: int = 0,
+        spatial_dims: int = 0,
+        subnet: Subnet | None = None,
+        *,
+        params_per_feature: int | None = None,
+    ) -> None:
+        if self.passes_half and num_features == 1 and not isinstance(num_features, bool):
+            raise ArgumentError(
+                "num_features must be an int >= 2 (half of the features pass through), got "
+                "1; for one feature use ConditionalSpline or ConditionalAffine",
+                argument="num_features",
+                where=(type(self).__name__,),
+            )
+        super().__init__(num_features, hidden, cond_features, spatial_dims, subnet)
+        if params_per_feature is not None:
+            self.params_per_feature = positive_int(
+                params_per_feature, "params_per_feature", type(self).__name__
+            )
+        in_features = self.split_size + cond_features
+        out_features = (num_features - self.split_size) * self.params_per_feature
+        if subnet is not None:
+            self.conditioner = subnet(in_features, out_features)
+        elif in_features == 0:
+            self.conditioner = ConstantConditioner(out_features, spatial_dims)
+        else:
+            self.conditioner = default_conditioner(in_features, out_features, hidden, spatial_dims)
 
     def spatial_halo(self) -> Halo:
         """How far the conditioner looks: per spatial dimension ``(before, after)``.
@@ -126,10 +175,6 @@ class CouplingLayer(InvertibleModule):
         raise NotImplementedError
 
     # -- shared machinery ------------------------------------------------------------------
-    def _check(self, x: Tensor, cond: Tensor | None, where: str) -> None:
-        check_input(x, where, self.num_features, self.spatial_dims, self)
-        check_condition(cond, x, where, self.cond_features)
-
     def _condition(self, x1: Tensor, cond: Tensor | None) -> Tensor:
         """Conditioner output ``h`` for the pass-through half (and the condition).
 
@@ -144,9 +189,6 @@ class CouplingLayer(InvertibleModule):
                 cond = cond.view(*cond.shape, *([1] * (x1.dim() - 2))).expand(-1, -1, *x1.shape[2:])
             h = self.conditioner(torch.cat([x1, cond], dim=1))
         return h.to(x1.dtype)
-
-    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return x[:, : self.split_size], x[:, self.split_size :]
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x, cond, type(self).__name__)
@@ -229,86 +271,3 @@ class CouplingLayer(InvertibleModule):
             )
         grad_h = torch.zeros_like(h) if grad_h is None else grad_h
         return rebuilt.detach(), grad_in, grad_h
-
-
-def _per_sample_sum(x: Tensor) -> Tensor:
-    return x.reshape(x.shape[0], -1).sum(dim=1)
-
-
-def _batch_view(v: Tensor, like: Tensor) -> Tensor:
-    return v.view(-1, *([1] * (like.dim() - 1)))
-
-
-class AffineCoupling(CouplingLayer):
-    r"""Affine coupling (Glow / Real NVP): :math:`y_2 = x_2 \odot e^{s} + t`,
-    :math:`\log\det = \sum s`, where :math:`(\tilde s, t) = \mathrm{NN}([x_1, c])` and
-    :math:`s = a \tanh(\tilde s / a)` is softly clamped to :math:`(-a, a)` for stability.
-
-    With the default zero-initialised conditioner the layer starts as the identity.
-
-    Args:
-        num_features: see :class:`CouplingLayer`.
-        hidden: see :class:`CouplingLayer`.
-        cond_features: see :class:`CouplingLayer`.
-        spatial_dims: see :class:`CouplingLayer`.
-        subnet: see :class:`CouplingLayer`.
-        clamp: the bound ``a`` of the log-scale.
-
-    References:
-        Dinh et al., "Density estimation using Real NVP", 2017;
-        Kingma & Dhariwal, "Glow", 2018.
-    """
-
-    params_per_feature = 2
-
-    def __init__(
-        self,
-        num_features: int,
-        hidden: int = 64,
-        cond_features: int = 0,
-        spatial_dims: int = 0,
-        subnet: Subnet | None = None,
-        clamp: float = 2.0,
-    ) -> None:
-        super().__init__(num_features, hidden, cond_features, spatial_dims, subnet)
-        number(clamp, "clamp", "AffineCoupling", minimum=0, open_low=True)
-        self.clamp = clamp
-
-    def _scale_shift(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        raw, shift = h.chunk(2, dim=1)
-        squashed = torch.tanh(raw / self.clamp)
-        return self.clamp * squashed, shift, squashed
-
-    def _transform(self, x2: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        log_scale, shift, _ = self._scale_shift(h)
-        return x2 * log_scale.exp() + shift, _per_sample_sum(log_scale)
-
-    def _inverse_transform(self, y2: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        log_scale, shift, _ = self._scale_shift(h)
-        return (y2 - shift) * (-log_scale).exp(), -_per_sample_sum(log_scale)
-
-    def _elementwise_vjp(
-        self, out2: Tensor, h: Tensor, grad_out2: Tensor, grad_logdet: Tensor, inverse: bool
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        r"""Hand-written. Forward pass: :math:`x_2 = (y_2 - t) e^{-s}`,
-        :math:`\bar x_2 = \bar y_2 e^{s}`, :math:`\bar s = \bar y_2 (y_2 - t) + \overline{\log\det}`,
-        :math:`\bar t = \bar y_2`. Inverse pass: :math:`y_2 = x_2 e^{s} + t`,
-        :math:`\bar y_2 = \bar x_2 e^{-s}`, :math:`\bar t = -\bar y_2`,
-        :math:`\bar s = -\bar x_2 x_2 - \overline{\log\det}`. Then
-        :math:`\bar{\tilde s} = \bar s (1 - \tanh^2(\tilde s / a))`.
-        """
-        log_scale, shift, squashed = self._scale_shift(h)
-        dlogdet = _batch_view(grad_logdet, out2)
-        if not inverse:
-            centered = out2 - shift
-            rebuilt = centered * (-log_scale).exp()
-            grad_in = grad_out2 * log_scale.exp()
-            grad_log_scale = grad_out2 * centered + dlogdet
-            grad_shift = grad_out2
-        else:
-            rebuilt = out2 * log_scale.exp() + shift
-            grad_in = grad_out2 * (-log_scale).exp()
-            grad_shift = -grad_in
-            grad_log_scale = -grad_out2 * out2 - dlogdet
-        grad_raw = grad_log_scale * (1 - squashed**2)
-        return rebuilt, grad_in, torch.cat([grad_raw, grad_shift], dim=1)
