@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from hybridflow.deprecation import rename_keywords
 from hybridflow.errors import ArgumentError, ArgumentTypeError
 
 __all__ = ["Configurable", "check_config", "from_config", "get_config", "registered_classes"]
@@ -54,11 +55,10 @@ class Configurable:
 
         @functools.wraps(init)
         def recording_init(self: Any, *args: Any, **kw: Any) -> None:
-            current = {renamed.get(k, k): v for k, v in kw.items()}
-            if len(current) < len(kw):  # an old and a new name: the constructor refuses both
-                init(self, *args, **kw)
+            if renamed:  # recorded (and passed on) under the new names
+                kw = rename_keywords(cls.__qualname__, renamed, kw)
             if "_config_arguments" not in self.__dict__:  # the outermost constructor call
-                bound = signature.bind(self, *args, **current)
+                bound = signature.bind(self, *args, **kw)
                 bound.apply_defaults()
                 arguments = dict(bound.arguments)
                 arguments.pop(next(iter(signature.parameters)))  # self

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from hybridflow.errors import ArgumentTypeError
 
-__all__ = ["module_aliases", "renamed_arguments", "warn_deprecated"]
+__all__ = ["module_aliases", "rename_keywords", "renamed_arguments", "warn_deprecated"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _warned: set[str] = set()
@@ -44,12 +44,38 @@ def warn_deprecated(old: str, new: str, *, stacklevel: int = 3) -> None:
     )
 
 
+def rename_keywords(
+    name: str, old_to_new: Mapping[str, str], kwargs: dict[str, Any], *, stacklevel: int = 4
+) -> dict[str, Any]:
+    """``kwargs`` with each old keyword name replaced by its new one, warning once per name.
+
+    ``name`` is the callee's, for the messages; ``stacklevel`` is that of the user's call, seen
+    from here (4: the caller of the function that calls this one).
+
+    Raises:
+        ArgumentTypeError: both the old and the new name of an argument were given.
+    """
+    kwargs = dict(kwargs)
+    for old, new in old_to_new.items():
+        if old not in kwargs:
+            continue
+        if new in kwargs:
+            raise ArgumentTypeError(
+                f"{name}() got both {old}= (deprecated) and {new}=; pass only {new}=",
+                argument=old,
+            )
+        warn_deprecated(f"{name}({old}=...)", f"pass {new}=...", stacklevel=stacklevel)
+        kwargs[new] = kwargs.pop(old)
+    return kwargs
+
+
 def renamed_arguments(**old_to_new: str) -> Callable[[F], F]:
     """Decorate a function (or ``__init__``) so that old keyword names map to new ones.
 
     Passing both the old and the new name is an error, never a silent choice. The mapping is
     kept on the wrapper as ``renamed_arguments``, so that :mod:`hybridflow.config` records
-    the new names and still loads configs saved with the old ones.
+    the new names (renaming before it records, see :func:`rename_keywords`) and still loads
+    configs saved with the old ones.
     """
 
     def decorate(function: F) -> F:
@@ -57,17 +83,7 @@ def renamed_arguments(**old_to_new: str) -> Callable[[F], F]:
 
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            for old, new in old_to_new.items():
-                if old not in kwargs:
-                    continue
-                if new in kwargs:
-                    raise ArgumentTypeError(
-                        f"{name}() got both {old}= (deprecated) and {new}=; pass only {new}=",
-                        argument=old,
-                    )
-                warn_deprecated(f"{name}({old}=...)", f"pass {new}=...")
-                kwargs[new] = kwargs.pop(old)
-            return function(*args, **kwargs)
+            return function(*args, **rename_keywords(name, old_to_new, kwargs))
 
         wrapper.renamed_arguments = dict(old_to_new)  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]

@@ -362,3 +362,42 @@ def test_hint_rejects_bad_input():
         flow(torch.randn(3, 5), torch.randn(3, 2))
     with pytest.raises(ValueError, match=r"HINT.inverse: condition has shape \(2, 2\)"):
         flow.inverse(torch.randn(3, 4), torch.randn(2, 2))
+
+
+# -- mode ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Glow(1, levels=2, depth=1, hidden=4, cond_features=2),
+        lambda: HINT(4, depth=2, hidden=4, seed=0),
+    ],
+    ids=["Glow", "HINT"],
+)
+def test_network_mode_reads_and_sets_its_chains(make):
+    flow = make()
+    chains = [m for m in flow.modules() if isinstance(m, hf.Chain)]
+    assert flow.mode == "invert" and {c.mode for c in chains} == {"invert"}
+    flow.mode = "store"
+    assert {c.mode for c in chains} == {"store"}
+    assert hf.config.get_config(flow)["arguments"]["mode"] == "store"
+    flow.flow.mode = "invert"  # the inner chain changed: the network reads it, no stale copy
+    assert flow.mode == "invert"
+    with pytest.raises(ValueError, match="mode must be one of"):
+        flow.mode = "fast"  # type: ignore[assignment]
+    assert flow.flow.mode == "invert"
+
+
+def test_renamed_network_arguments_warn_and_build_the_same_network(monkeypatch):
+    monkeypatch.setattr(hf.deprecation, "_warned", set())  # each old name warns once a process
+    with pytest.warns(FutureWarning) as caught:
+        old = Glow(in_channels=1, levels=2, depth=1, hidden=4, cond_channels=2, seed=0)
+    messages = [str(w.message) for w in caught]
+    assert any("pass num_features=" in m for m in messages)
+    assert any("pass cond_features=" in m for m in messages)
+    assert {w.filename for w in caught} == {__file__}  # the warning points at the caller
+    new = Glow(num_features=1, levels=2, depth=1, hidden=4, cond_features=2, seed=0)
+    assert hf.config.get_config(old) == hf.config.get_config(new)
+    with pytest.raises(TypeError, match="both in_channels= .deprecated. and num_features="):
+        Glow(1, in_channels=1, num_features=1)
+    with pytest.warns(FutureWarning, match="recursion"):
+        assert HINTCoupling(4, depth=3, hidden=4).recursion == 3

@@ -223,3 +223,23 @@ def test_flows_with_summary_networks_survive_save_and_load(tmp_path, make):
         assert type(loaded.summary) is type(model.summary)
     reloaded = loaded(x) if conditional else loaded()
     assert torch.allclose(reloaded.log_prob(theta), log_q)
+
+
+def test_configs_saved_under_old_class_paths_and_argument_names_still_load():
+    glow = hf.networks.Glow(1, levels=2, depth=1, hidden=4, cond_features=2, seed=0)
+    config = json.loads(json.dumps(get_config(glow)))
+    arguments = config["arguments"]
+    arguments["in_channels"] = arguments.pop("num_features")
+    arguments["cond_channels"] = arguments.pop("cond_features")
+    rebuilt = from_config(config)
+    assert get_config(rebuilt) == get_config(glow)
+    hf.load_state_dict(rebuilt, glow.state_dict())
+    old_hint = {
+        "class": "hybridflow.layers.hint_coupling.HINTCoupling",
+        "arguments": {"num_features": 4, "depth": 3, "hidden": 4, "cond_features": 2},
+    }
+    hint = from_config(old_hint)
+    assert isinstance(hint, hf.layers.HINTCoupling) and hint.recursion == 3
+    both = {**old_hint, "arguments": {**old_hint["arguments"], "recursion": 2}}
+    with pytest.raises(ValueError, match="both the old and the new name"):
+        from_config(both)

@@ -8,10 +8,9 @@ from functools import reduce
 import torch
 from torch import Tensor
 
-from hybridflow.autograd.checks import check_finite
-from hybridflow.autograd.module import InvertibleModule, Reconstruction
 from hybridflow.errors import InputError, InputTypeError
 from hybridflow.layers.squeeze import Squeeze
+from hybridflow.layers.volume_preserving import VolumePreserving, check_field
 
 __all__ = ["HaarSqueeze", "haar_matrix"]
 
@@ -27,7 +26,7 @@ def haar_matrix(spatial_dims: int, dtype: torch.dtype, device: torch.device) -> 
     return reduce(torch.kron, [one] * spatial_dims).to(dtype=dtype, device=device)
 
 
-class HaarSqueeze(InvertibleModule):
+class HaarSqueeze(VolumePreserving):
     r"""Haar wavelet transform: ``(B, C, *S)`` to ``(B, 2^d C, *S/2)`` for ``d`` spatial dims.
 
     Every block of :math:`2^d` neighbouring positions (pairs in 1D, 2x2 in 2D, 2x2x2 in 3D) of
@@ -63,14 +62,8 @@ class HaarSqueeze(InvertibleModule):
         super().__init__()
         self._pixels = Squeeze(2)
 
-    def _check(self, x: object, where: str) -> None:
-        if not isinstance(x, Tensor):
-            raise InputTypeError(f"expected a torch.Tensor, got {type(x).__name__}", where=(where,))
-        if x.dim() not in (3, 4, 5):
-            raise InputError(
-                f"expected (B, C, L), (B, C, H, W) or (B, C, D, H, W), got shape {tuple(x.shape)}",
-                where=(where,),
-            )
+    def _check(self, x: Tensor, where: str) -> None:
+        check_field(x, where)
         if not x.is_floating_point():
             raise InputTypeError(f"expected a floating-point tensor, got {x.dtype}", where=(where,))
 
@@ -100,24 +93,8 @@ class HaarSqueeze(InvertibleModule):
         blocks = torch.einsum("jk,bjcn->bckn", haar_matrix(d, y.dtype, y.device), bands)
         return self._pixels.unsqueeze(blocks.reshape(b, channels, *sizes))
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(x, "HaarSqueeze")
-        return self.squeeze(x), x.new_zeros(x.shape[0])
+    def _map(self, x: Tensor) -> Tensor:
+        return self.squeeze(x)
 
-    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(y, "HaarSqueeze.inverse")
-        check_finite(y, "HaarSqueeze.inverse")
-        return self.unsqueeze(y), y.new_zeros(y.shape[0])
-
-    def reconstruct_vjp(
-        self,
-        output: Tensor,
-        grad_output: Tensor,
-        grad_logdet: Tensor,
-        cond: Tensor | None = None,
-        *,
-        inverse: bool = False,
-    ) -> Reconstruction:
-        """Hand-written rule: the transform is orthogonal, so its VJP is its inverse."""
-        undo = self.squeeze if inverse else self.unsqueeze
-        return Reconstruction(undo(output), undo(grad_output), None, ())
+    def _unmap(self, y: Tensor) -> Tensor:
+        return self.unsqueeze(y)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from hybridflow.autograd.module import InvertibleModule, Reconstruction
-from hybridflow.errors import ArgumentTypeError
+from hybridflow.autograd import InvertibleModule, Reconstruction
+from hybridflow.layers.wrapper import Wrapper
 
 __all__ = ["Inverse"]
 
 
-class Inverse(InvertibleModule):
+class Inverse(Wrapper):
     r"""The inverse of a module as a module: :math:`g = f^{-1}`.
 
     ``forward`` runs ``module.inverse`` and ``inverse`` runs ``module.forward``; the log
@@ -31,23 +31,10 @@ class Inverse(InvertibleModule):
         (2, 3, 8, 8)
     """
 
+    inner_name = "module"
+
     def __init__(self, module: InvertibleModule) -> None:
-        super().__init__()
-        if not isinstance(module, InvertibleModule):
-            raise ArgumentTypeError(
-                f"expected an InvertibleModule, got {type(module).__name__}",
-                argument="module",
-                where=("Inverse",),
-            )
-        self.module = module
-
-    @property
-    def takes_condition(self) -> bool:
-        return self.module.takes_condition
-
-    @property
-    def is_initialized(self) -> bool:
-        return self.module.is_initialized
+        super().__init__(module)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.module.inverse(x, cond)

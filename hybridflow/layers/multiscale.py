@@ -13,22 +13,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hybridflow.arguments import positive_int
+from hybridflow.autograd import InvertibleModule, Reconstruction
 from hybridflow.autograd.checks import check_finite
-from hybridflow.autograd.module import InvertibleModule, Reconstruction
-from hybridflow.errors import ArgumentTypeError, InputError, InputTypeError
+from hybridflow.errors import InputError, InputTypeError
+from hybridflow.layers.wrapper import Wrapper
 
 __all__ = ["ResizeCondition", "Split"]
 
 _POOL = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}
-
-
-def _check_module(where: str, module: object) -> None:
-    if not isinstance(module, InvertibleModule):
-        raise ArgumentTypeError(
-            f"expected an InvertibleModule, got {type(module).__name__}",
-            argument="inner",
-            where=(where,),
-        )
 
 
 def _check_same_shape(where: str, before: Tensor, after: Tensor) -> None:
@@ -39,7 +31,7 @@ def _check_same_shape(where: str, before: Tensor, after: Tensor) -> None:
         )
 
 
-class Split(InvertibleModule):
+class Split(Wrapper):
     r"""Factor-out: :math:`y = [\, g(x_{:, :k}),\ x_{:, k:} \,]`.
 
     The first ``split_size`` channels :math:`x_{:, :k}` continue through ``inner`` (the rest of
@@ -75,15 +67,8 @@ class Split(InvertibleModule):
     """
 
     def __init__(self, inner: InvertibleModule, split_size: int) -> None:
-        super().__init__()
-        _check_module("Split", inner)
-        positive_int(split_size, "split_size", "Split")
-        self.inner = inner
-        self.split_size = split_size
-
-    @property
-    def takes_condition(self) -> bool:
-        return self.inner.takes_condition
+        super().__init__(inner)
+        self.split_size = positive_int(split_size, "split_size", "Split")
 
     def extra_repr(self) -> str:
         return f"split_size={self.split_size}"
@@ -138,7 +123,7 @@ class Split(InvertibleModule):
         )
 
 
-class ResizeCondition(InvertibleModule):
+class ResizeCondition(Wrapper):
     r"""Run ``inner`` with the condition resized to the spatial shape of the input.
 
     A field condition ``(B, C_c, *S_c)`` is brought to the input's spatial shape ``S`` by
@@ -165,17 +150,7 @@ class ResizeCondition(InvertibleModule):
     """
 
     def __init__(self, inner: InvertibleModule) -> None:
-        super().__init__()
-        _check_module("ResizeCondition", inner)
-        self.inner = inner
-
-    @property
-    def takes_condition(self) -> bool:
-        return self.inner.takes_condition
-
-    @property
-    def is_initialized(self) -> bool:
-        return self.inner.is_initialized
+        super().__init__(inner)
 
     @staticmethod
     def resize(cond: Tensor | None, like: Tensor) -> Tensor | None:

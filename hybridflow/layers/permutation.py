@@ -6,13 +6,31 @@ import torch
 from torch import Tensor
 
 from hybridflow.arguments import integer, positive_int
-from hybridflow.autograd.checks import check_finite, check_input
-from hybridflow.autograd.module import InvertibleModule, Reconstruction
+from hybridflow.autograd.checks import check_input
+from hybridflow.layers.volume_preserving import VolumePreserving
 
-__all__ = ["Permute", "Reverse"]
+__all__ = ["ChannelPermutation", "Permute", "Reverse"]
 
 
-class Permute(InvertibleModule):
+class ChannelPermutation(VolumePreserving):
+    """A fixed permutation of the ``num_features`` channels (dimension 1) of ``(B, C, *S)``.
+
+    Args:
+        num_features: the number of channels ``C``.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = positive_int(num_features, "num_features", type(self).__name__)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}"
+
+    def _check(self, x: Tensor, where: str) -> None:
+        check_input(x, where, self.num_features, None)
+
+
+class Permute(ChannelPermutation):
     r"""Fixed permutation of the channels: :math:`y_{:, i} = x_{:, \pi(i)}`, logdet 0.
 
     Works on vectors ``(B, C)``, sequences ``(B, C, L)``, images ``(B, C, H, W)`` and volumes
@@ -40,42 +58,21 @@ class Permute(InvertibleModule):
     """
 
     def __init__(self, num_features: int, seed: int | None = None) -> None:
-        super().__init__()
-        positive_int(num_features, "num_features", "Permute")
+        super().__init__(num_features)
         integer(seed, "seed", "Permute", minimum=0, optional=True)
-        self.num_features = num_features
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         permutation = torch.randperm(num_features, generator=generator)
         self.register_buffer("permutation", permutation)
         self.register_buffer("inverse_permutation", torch.argsort(permutation))
 
-    def extra_repr(self) -> str:
-        return f"{self.num_features}"
+    def _map(self, x: Tensor) -> Tensor:
+        return x[:, self.permutation]
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_input(x, "Permute", self.num_features, None)
-        return x[:, self.permutation], x.new_zeros(x.shape[0])
-
-    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_input(y, "Permute.inverse", self.num_features, None)
-        check_finite(y, "Permute.inverse")
-        return y[:, self.inverse_permutation], y.new_zeros(y.shape[0])
-
-    def reconstruct_vjp(
-        self,
-        output: Tensor,
-        grad_output: Tensor,
-        grad_logdet: Tensor,
-        cond: Tensor | None = None,
-        *,
-        inverse: bool = False,
-    ) -> Reconstruction:
-        """Hand-written rule: a permutation's VJP is the inverse permutation of the gradient."""
-        undo = self.permutation if inverse else self.inverse_permutation
-        return Reconstruction(output[:, undo], grad_output[:, undo], None, ())
+    def _unmap(self, y: Tensor) -> Tensor:
+        return y[:, self.inverse_permutation]
 
 
-class Reverse(InvertibleModule):
+class Reverse(ChannelPermutation):
     r"""Reversal of the channel order: :math:`y_{:, i} = x_{:, C - 1 - i}`, logdet 0.
 
     Its own inverse. Works on ``(B, C)``, ``(B, C, L)``, ``(B, C, H, W)`` and
@@ -89,31 +86,8 @@ class Reverse(InvertibleModule):
         Dinh et al., "NICE: Non-linear Independent Components Estimation", 2015.
     """
 
-    def __init__(self, num_features: int) -> None:
-        super().__init__()
-        positive_int(num_features, "num_features", "Reverse")
-        self.num_features = num_features
+    def _map(self, x: Tensor) -> Tensor:
+        return x.flip(1)
 
-    def extra_repr(self) -> str:
-        return f"{self.num_features}"
-
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_input(x, "Reverse", self.num_features, None)
-        return x.flip(1), x.new_zeros(x.shape[0])
-
-    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        check_input(y, "Reverse.inverse", self.num_features, None)
-        check_finite(y, "Reverse.inverse")
-        return y.flip(1), y.new_zeros(y.shape[0])
-
-    def reconstruct_vjp(
-        self,
-        output: Tensor,
-        grad_output: Tensor,
-        grad_logdet: Tensor,
-        cond: Tensor | None = None,
-        *,
-        inverse: bool = False,
-    ) -> Reconstruction:
-        """Hand-written rule: the reversal is its own inverse and its own VJP."""
-        return Reconstruction(output.flip(1), grad_output.flip(1), None, ())
+    def _unmap(self, y: Tensor) -> Tensor:
+        return y.flip(1)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from torch import Tensor
 
 from hybridflow.arguments import positive_int
-from hybridflow.autograd.checks import check_finite
-from hybridflow.autograd.module import InvertibleModule, Reconstruction
-from hybridflow.errors import InputError, InputTypeError
+from hybridflow.errors import InputError
+from hybridflow.layers.volume_preserving import VolumePreserving, check_field
 
 __all__ = ["Squeeze"]
 
 
-class Squeeze(InvertibleModule):
+class Squeeze(VolumePreserving):
     r"""Space-to-depth: ``(B, C, *S)`` to ``(B, C f^d, *S/f)`` for ``d`` spatial dimensions.
 
     Each block of :math:`f^d` neighbouring positions becomes :math:`f^d` channels (channel
@@ -34,16 +33,11 @@ class Squeeze(InvertibleModule):
     def extra_repr(self) -> str:
         return f"factor={self.factor}"
 
-    def _check(self, x: Tensor, cond: Tensor | None, where: str) -> None:
-        if not isinstance(x, Tensor):
-            raise InputTypeError(f"expected a torch.Tensor, got {type(x).__name__}", where=(where,))
-        if x.dim() not in (3, 4, 5):
-            raise InputError(
-                f"expected (B, C, L), (B, C, H, W) or (B, C, D, H, W), got shape {tuple(x.shape)}",
-                where=(where,),
-            )
+    def _check(self, x: Tensor, where: str) -> None:
+        check_field(x, where)
 
     def squeeze(self, x: Tensor) -> Tensor:
+        """Space to depth ``(B, C, *S) -> (B, C f^d, *S/f)``."""
         f, d = self.factor, x.dim() - 2
         b, c, *sizes = x.shape
         if any(s % f for s in sizes):
@@ -59,6 +53,7 @@ class Squeeze(InvertibleModule):
         return x.permute(order).reshape(b, c * f**d, *(s // f for s in sizes))
 
     def unsqueeze(self, y: Tensor) -> Tensor:
+        """Depth to space, the inverse of :meth:`squeeze`."""
         f, d = self.factor, y.dim() - 2
         b, c, *sizes = y.shape
         if c % f**d:
@@ -73,24 +68,8 @@ class Squeeze(InvertibleModule):
             order += [2 + d + i, 2 + i]
         return y.permute(order).reshape(b, c // f**d, *(s * f for s in sizes))
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(x, cond, "Squeeze")
-        return self.squeeze(x), x.new_zeros(x.shape[0])
+    def _map(self, x: Tensor) -> Tensor:
+        return self.squeeze(x)
 
-    def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        self._check(y, cond, "Squeeze.inverse")
-        check_finite(y, "Squeeze.inverse")
-        return self.unsqueeze(y), y.new_zeros(y.shape[0])
-
-    def reconstruct_vjp(
-        self,
-        output: Tensor,
-        grad_output: Tensor,
-        grad_logdet: Tensor,
-        cond: Tensor | None = None,
-        *,
-        inverse: bool = False,
-    ) -> Reconstruction:
-        """Hand-written rule: a permutation's VJP is its inverse applied to the gradient."""
-        undo = self.squeeze if inverse else self.unsqueeze
-        return Reconstruction(undo(output), undo(grad_output), None, ())
+    def _unmap(self, y: Tensor) -> Tensor:
+        return self.unsqueeze(y)
