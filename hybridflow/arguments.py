@@ -9,6 +9,16 @@ class or function that takes it), so ``ActNorm('4')`` reads
 
 ``bool`` is not accepted as an int or a number here, although Python treats it as one:
 ``hidden=True`` is a mistake, not a width of 1.
+
+One check per kind of argument: counts (``int >= 1``) go through :func:`positive_int`, other
+ints through :func:`integer`, reals through :func:`number`, choices through :func:`one_of`.
+
+>>> positive_int(3, "hidden", "MLP")
+3
+>>> positive_int(0, "hidden", "MLP")
+Traceback (most recent call last):
+    ...
+hybridflow.errors.ArgumentError: MLP: hidden must be an int >= 1, got 0
 """
 
 from __future__ import annotations
@@ -74,9 +84,14 @@ def integer(
     return value
 
 
-def positive_int(value: object, name: str, where: str) -> int:
-    """Return ``value`` if it is an ``int >= 1`` (see :func:`integer`)."""
-    return integer(value, name, where, minimum=1)
+def positive_int(value: object, name: str, where: str, *, optional: bool = False) -> int:
+    """Return ``value`` if it is an ``int >= 1`` (see :func:`integer`); with ``optional``,
+    ``None`` too.
+
+    The one check of a count (features, widths, steps, sizes, epochs): every ``int >= 1``
+    argument goes through it, so they all read and fail alike.
+    """
+    return integer(value, name, where, minimum=1, optional=optional)
 
 
 def number(

@@ -9,6 +9,7 @@ from hybridflow.layers.coupling import (
     ConditionalAffine,
     ConditionalSpline,
     ConstantConditioner,
+    CouplingBase,
     CouplingLayer,
     HINTCoupling,
     SplineCoupling,
@@ -24,6 +25,8 @@ from hybridflow.layers.permutation import Permute, Reverse
 from hybridflow.layers.receptive_field import receptive_halo
 from hybridflow.layers.squeeze import Squeeze
 from hybridflow.layers.support import Bounded
+from hybridflow.layers.volume_preserving import VolumePreserving
+from hybridflow.layers.wrapper import Wrapper
 
 __all__ = [
     "SPLINE_BOUND",
@@ -35,6 +38,7 @@ __all__ = [
     "ConditionalAffine",
     "ConditionalSpline",
     "ConstantConditioner",
+    "CouplingBase",
     "CouplingLayer",
     "HINTCoupling",
     "HaarSqueeze",
@@ -49,6 +53,8 @@ __all__ = [
     "Split",
     "Squeeze",
     "Subnet",
+    "VolumePreserving",
+    "Wrapper",
     "default_conditioner",
     "receptive_halo",
 ]
