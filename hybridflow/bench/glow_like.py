@@ -68,7 +68,7 @@ class GlowLike(nn.Module):
         width = 4 * num_features
         steps = [
             Chain(
-                *glow_step(AffineCoupling(width, hidden=hidden, spatial_dims=2), width, None),
+                *glow_step(width, None, lambda: AffineCoupling(width, hidden, spatial_dims=2)),
                 mode="store",
             )
             for _ in range(depth)

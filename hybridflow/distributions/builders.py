@@ -123,5 +123,6 @@ def coupling_flow(
             block = AffineCoupling(num_features, hidden, cond_features)
         else:
             block = SplineCoupling(num_features, hidden, cond_features, bins=bins, bound=bound)
-        layers += glow_step(block, num_features, offset_seed(seed, step))
+        # the coupling is built before the step's ActNorm and 1x1 convolution, as it always was
+        layers += glow_step(num_features, offset_seed(seed, step), lambda built=block: built)
     return Chain(*layers, mode=mode)

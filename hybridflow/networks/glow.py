@@ -144,15 +144,18 @@ class Glow(Network):
         width = channels * 2**self.spatial_dims
         steps: list[InvertibleModule] = []
         for step in range(self.depth):
-            coupling = AffineCoupling(
+            steps += glow_step(
                 width,
-                self.hidden,
-                self.cond_features,
-                self.spatial_dims,
-                subnet=self._subnet,
-                clamp=self.clamp,
+                offset_seed(self._seed, level * self.depth + step),
+                lambda: AffineCoupling(
+                    width,
+                    self.hidden,
+                    self.cond_features,
+                    self.spatial_dims,
+                    subnet=self._subnet,
+                    clamp=self.clamp,
+                ),
             )
-            steps += glow_step(coupling, width, offset_seed(self._seed, level * self.depth + step))
         body: InvertibleModule = self._chain(*steps, tile_size=self.tile_size)
         if self.cond_features:
             body = ResizeCondition(body)
