@@ -32,7 +32,13 @@ from hybridflow.layers.coupling.conditioners import (
 from hybridflow.layers.coupling.tiled import tiled_pass, tiled_reconstruct
 from hybridflow.layers.receptive_field import receptive_halo
 
-__all__ = ["CouplingBase", "CouplingLayer"]
+__all__ = ["CouplingBase", "CouplingLayer", "check_conditioner_arguments"]
+
+
+def check_conditioner_arguments(hidden: object, subnet: object, where: str) -> None:
+    """Check what builds a coupling's conditioners: a width ``hidden`` and a ``subnet`` factory."""
+    positive_int(hidden, "hidden", where)
+    check_subnet(subnet, where)
 
 
 class CouplingBase(InvertibleModule):
@@ -42,29 +48,20 @@ class CouplingBase(InvertibleModule):
     part (the first ``split_size = num_features // 2`` channels; none when
     :attr:`passes_half` is ``False``) and the transformed rest. The condition, if any, is a
     vector ``(B, cond_features)`` or a field ``(B, cond_features, *spatial)``. The arguments
-    are those of :class:`CouplingLayer` (``num_features`` at least 1 without a pass-through
-    part).
+    are those of :class:`CouplingLayer` that fix these shapes (``num_features`` at least 1
+    without a pass-through part).
     """
 
     passes_half: ClassVar[bool] = True
     """``False`` for the elementwise conditional variants: every feature is transformed and
     the conditioner sees the condition alone (the pass-through half is empty)."""
 
-    def __init__(
-        self,
-        num_features: int,
-        hidden: int = 64,
-        cond_features: int = 0,
-        spatial_dims: int = 0,
-        subnet: Subnet | None = None,
-    ) -> None:
+    def __init__(self, num_features: int, cond_features: int, spatial_dims: int) -> None:
         super().__init__()
         name = type(self).__name__
         integer(num_features, "num_features", name, minimum=2 if self.passes_half else 1)
-        positive_int(hidden, "hidden", name)
         integer(cond_features, "cond_features", name, minimum=0)
         one_of(spatial_dims, "spatial_dims", name, (0, 1, 2, 3))
-        check_subnet(subnet, name)
         self.num_features = num_features
         self.cond_features = cond_features
         self.spatial_dims = spatial_dims
@@ -133,7 +130,8 @@ class CouplingLayer(CouplingBase):
                 argument="num_features",
                 where=(type(self).__name__,),
             )
-        super().__init__(num_features, hidden, cond_features, spatial_dims, subnet)
+        super().__init__(num_features, cond_features, spatial_dims)
+        check_conditioner_arguments(hidden, subnet, type(self).__name__)
         if params_per_feature is not None:
             self.params_per_feature = positive_int(
                 params_per_feature, "params_per_feature", type(self).__name__

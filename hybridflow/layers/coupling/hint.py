@@ -10,7 +10,7 @@ from hybridflow.autograd import InvertibleModule, Reconstruction
 from hybridflow.autograd.checks import check_finite, inside_chain
 from hybridflow.deprecation import renamed_arguments, warn_deprecated
 from hybridflow.layers.coupling.affine import AffineCoupling
-from hybridflow.layers.coupling.base import CouplingBase
+from hybridflow.layers.coupling.base import CouplingBase, check_conditioner_arguments
 from hybridflow.layers.coupling.conditioners import Subnet
 
 __all__ = ["HINTCoupling"]
@@ -80,7 +80,8 @@ class HINTCoupling(CouplingBase):
         subnet: Subnet | None = None,
         clamp: float = 2.0,
     ) -> None:
-        super().__init__(num_features, hidden, cond_features, spatial_dims, subnet)
+        super().__init__(num_features, cond_features, spatial_dims)
+        check_conditioner_arguments(hidden, subnet, "HINTCoupling")
         self.recursion = positive_int(recursion, "recursion", "HINTCoupling")
         self.coupling = AffineCoupling(
             num_features, hidden, cond_features, spatial_dims, subnet, clamp
