@@ -190,23 +190,24 @@ class CouplingLayer(CouplingBase):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x, cond, type(self).__name__)
-        tile_size = self._tile_size()
-        if tile_size is not None and not torch.is_grad_enabled():
-            return tiled_pass(self, x, cond, inverse=False, tile_size=tile_size)
-        x1, x2 = self._split(x)
-        y2, logdet = self._transform(x2, self._condition(x1, cond))
-        return torch.cat([x1, y2], dim=1), logdet
+        return self._pass(x, cond, inverse=False)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         where = f"{type(self).__name__}.inverse"
         self._check(y, cond, where)
         check_finite(y, where)
+        return self._pass(y, cond, inverse=True)
+
+    def _pass(self, x: Tensor, cond: Tensor | None, *, inverse: bool) -> tuple[Tensor, Tensor]:
+        """The checked forward (or inverse) pass: tile by tile without grad inside a tiling
+        chain, else the elementwise map of the transformed part given the pass-through part."""
         tile_size = self._tile_size()
         if tile_size is not None and not torch.is_grad_enabled():
-            return tiled_pass(self, y, cond, inverse=True, tile_size=tile_size)
-        y1, y2 = self._split(y)
-        x2, logdet = self._inverse_transform(y2, self._condition(y1, cond))
-        return torch.cat([y1, x2], dim=1), logdet
+            return tiled_pass(self, x, cond, inverse=inverse, tile_size=tile_size)
+        kept, changed = self._split(x)
+        transform = self._inverse_transform if inverse else self._transform
+        out, logdet = transform(changed, self._condition(kept, cond))
+        return torch.cat([kept, out], dim=1), logdet
 
     def reconstruct_vjp(
         self,
