@@ -3,39 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from hybridflow.autograd.scopes import NestingCount
+
 __all__ = ["ReplayState", "is_replaying", "replaying"]
 
 
-class _SeededDepth:
-    """How many seeded chains are running their layers (forward or reconstruction). Chains
-    nested in one then seed their own layers too, the same way in both passes. A plain
-    attribute for the reason given in ``checks._ChainDepth``."""
-
-    def __init__(self) -> None:
-        self.value = 0
+_SEEDED = NestingCount()
+"""How many seeded chains are running their layers (forward or reconstruction). Chains nested
+in one then seed their own layers too, the same way in both passes."""
 
 
-_SEEDED = _SeededDepth()
-
-
-@contextmanager
-def replaying() -> Iterator[None]:
+def replaying() -> AbstractContextManager[None]:
     """Mark the enclosed code as running inside a seeded chain."""
-    _SEEDED.value += 1
-    try:
-        yield
-    finally:
-        _SEEDED.value -= 1
+    return _SEEDED.entered()
 
 
 def is_replaying() -> bool:
     """Whether the caller runs inside a seeded chain."""
-    return _SEEDED.value > 0
+    return _SEEDED.active
 
 
 # Odd 64-bit constant (golden ratio) that spreads per-layer seeds far apart, so that layer i of

@@ -16,10 +16,10 @@ from torch.utils.checkpoint import checkpoint
 from hybridflow.autograd.chain import Chain
 from hybridflow.autograd.checks import layer_place
 from hybridflow.autograd.microbatch import check_acts_per_sample
+from hybridflow.autograd.modes import Mode, chains_in_mode
 from hybridflow.errors import InputError, InputTypeError
 from hybridflow.graph.nodes import LOGDET, NodeSpec
 from hybridflow.graph.segments import Segment
-from hybridflow.graph.slicing import run_sliced
 from hybridflow.graph.strategy import Strategy
 from hybridflow.graph.values import call_node, node_errors, read_port
 
@@ -33,10 +33,12 @@ class InvertibleRunner:
     """Runs an invertible segment as one :class:`~hybridflow.Chain` of its nodes' modules.
 
     ``store`` runs the chain in ``"store"`` mode, ``checkpoint`` the same under
-    ``torch.utils.checkpoint``, ``invert`` in ``"invert"`` mode with the strategy's anchors and
-    micro-batches (the forward pass sliced too when there are no anchors, see
-    :mod:`hybridflow.graph.slicing`) and tiles. Chains nested in the nodes take the segment's mode. The
-    log determinant continues the one accumulated before the segment, if any.
+    ``torch.utils.checkpoint``, ``invert`` in ``"invert"`` mode with the strategy's anchors,
+    micro-batches (the forward pass sliced too when there are no anchors) and tiles. Chains
+    nested in the nodes run in the segment's mode for the call
+    (:func:`~hybridflow.autograd.chains_in_mode`; their ``mode`` attributes are left as the
+    user set them). The log determinant continues the one accumulated before the segment, if
+    any.
 
     Args:
         segment: the segment.
@@ -57,14 +59,10 @@ class InvertibleRunner:
         self.specs = [specs[name] for name in segment.nodes]
         self.tuples = dict(tuples)
         modules: list[nn.Module] = [s.target for s in self.specs]  # type: ignore[misc]
-        mode = "invert" if strategy.kind == "invert" else "store"
-        for module in modules:
-            for sub in module.modules():
-                if isinstance(sub, Chain):
-                    sub.mode = mode
+        self.mode: Mode = "invert" if strategy.kind == "invert" else "store"
         self.chain = Chain(
             *modules,  # type: ignore[arg-type]
-            mode=mode,
+            mode=self.mode,
             anchor_every=strategy.anchor_every,
             micro_batches=strategy.micro_batches,
             name=f"Graph segment {', '.join(repr(n) for n in segment.nodes)}",
@@ -81,16 +79,20 @@ class InvertibleRunner:
                     check_acts_per_sample(spec.target, f"Graph {spec.describe()}")
             if strategy.kind == "checkpoint":
                 args = (x,) if cond is None else (x, cond)
-                y, logdet = checkpoint(self.chain, *args, use_reentrant=False)
-            elif strategy.micro_batches > 1 and strategy.anchor_every is None:
-                y, logdet = run_sliced(self.chain, x, cond)
+                y, logdet = checkpoint(self._run, *args, use_reentrant=False)
             else:
-                y, logdet = self.chain(x, cond)
+                y, logdet = self._run(x, cond)
         if segment.logdet_in is not None:
             logdet = values[str(segment.logdet_in)] + logdet
         last = segment.nodes[-1]
         values[last] = y
         values[f"{last}.{LOGDET}"] = logdet
+
+    def _run(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The segment's chain, with every chain nested in its nodes in the segment's mode
+        (entered again when ``torch.utils.checkpoint`` recomputes it)."""
+        with chains_in_mode(self.mode):
+            return self.chain(x, cond)
 
 
 class NodesRunner:

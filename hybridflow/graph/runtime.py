@@ -35,8 +35,9 @@ class GraphModule(nn.Module):
     The modules of the nodes are submodules (under ``nodes.<name>``), so ``parameters()``,
     ``state_dict()``, ``.to()``, ``train()`` and ``eval()`` behave as for any module. The
     chains that run invertible segments are built from those same modules and are not
-    registered a second time. The plan sets the mode of every :class:`~hybridflow.Chain`
-    nested in an invertible node to its segment's (``"store"`` or ``"invert"``).
+    registered a second time. Every :class:`~hybridflow.Chain` nested in an invertible node
+    runs in its segment's mode (``"store"`` or ``"invert"``) while the graph runs it; the
+    graph sets no attribute of the nodes' modules (their own ``mode`` stays as given).
 
     Call it with the graph's inputs by name (or positionally, in the order they were
     declared); it returns a dict of the named outputs.
