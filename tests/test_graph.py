@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from hybridflow.autograd import Chain
 from hybridflow.graph import Graph, GraphModule, Strategy
 from hybridflow.layers import ActNorm, AffineCoupling, InvConv1x1
 from hybridflow.networks import Glow
@@ -220,6 +221,42 @@ def test_build_leaves_state_and_random_numbers_alone():
     assert norm.is_initialized
     z = norm(x)[0]
     torch.testing.assert_close(z.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+
+
+def _plain_attributes(chain: Chain) -> dict[str, object]:
+    """A chain's attributes other than its submodules, parameters, buffers and drift guard
+    (which counts calls)."""
+    skip = {"_modules", "_parameters", "_buffers", "_drift_guard"}
+    return {k: v for k, v in vars(chain).items() if k not in skip}
+
+
+@pytest.mark.parametrize(("own", "planned"), [("store", "invert"), ("invert", "store")])
+def test_graph_runs_nested_chains_in_the_plan_mode_without_changing_them(own, planned):
+    torch.manual_seed(0)
+    inner = Chain(ActNorm(4), AffineCoupling(4, hidden=8), mode=own, name="inner")
+    inner[0].mark_initialized()
+    chain = Chain(inner, InvConv1x1(4), mode=own)
+    chains = [chain, inner]
+    attributes = [_plain_attributes(c) for c in chains]
+    graph = (
+        Graph()
+        .input("x")
+        .invertible("flow", chain, "x")
+        .autograd("loss", lambda z, ld: (z.pow(2).sum(1) - ld).sum(), ["flow", "flow.logdet"])
+        .output("loss")
+    )
+    x = torch.randn(8, 4)
+    model = graph.build({"x": x}, pin={"flow": planned})  # profiled and planned
+    state = {k: v.clone() for k, v in chain.state_dict().items()}
+    calls = []
+    inner[1].conditioner.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    model(x=x.clone().requires_grad_(True))["loss"].backward()
+    # a reconstructed chain re-runs its coupling's conditioner in backward: twice per step
+    assert len(calls) == (2 if planned == "invert" else 1)
+    assert [c.mode for c in chains] == [own, own]
+    assert [_plain_attributes(c) for c in chains] == attributes
+    after = chain.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items())
 
 
 def test_build_keeps_no_autograd_graph_alive():

@@ -109,10 +109,10 @@ class ReconstructingFunction(torch.autograd.Function):
     validation off: ``validate=False``, under ``torch.compile``). The parameters are inputs
     of this Function, so their gradients reach autograd as ordinary leaf gradients.
 
-    Random numbers: every forward slice and every reconstruction slice of a layer runs with
-    that layer's seed of the call (one seed per call, :class:`ReplayState`), so slice ``k``
-    draws the same numbers in both passes, and the global generator advances by one draw per
-    call, sliced or not.
+    Random numbers: a layer runs each slice with a stream seeded from the call's seed, the
+    layer and the slice's first row (:class:`~hybridflow.autograd.replay.ReplayState`), in
+    the forward pass and in its reconstruction alike, so slice ``k`` draws the same numbers
+    in both passes; the global generator advances by one draw per call, sliced or not.
 
     Double backward is not supported: a backward asked to build a graph of the gradient
     (``create_graph=True``) raises at once, rather than returning a gradient that later
@@ -134,8 +134,8 @@ class ReconstructingFunction(torch.autograd.Function):
         replay = ReplayState.capture(x.device, run.seeds_layers())
         record = run.pass_record(x)
 
-        def layers(h: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
-            return run.run_layers(h, c, inverse=inverse, replay=replay)
+        def layers(h: Tensor, c: Tensor | None, row: int) -> tuple[Tensor, Tensor]:
+            return run.run_layers(h, c, inverse=inverse, replay=replay.at_row(row))
 
         with torch.no_grad(), recording(record, checking=False):
             y, logdet = run_in_slices(layers, x, cond, slices=slices.forward)

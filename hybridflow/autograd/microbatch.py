@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from torch import Tensor, nn
 
@@ -49,22 +50,23 @@ def slice_bounds(batch: int, slices: int) -> list[tuple[int, int]]:
 
 
 def run_in_slices(
-    run: Callable[[Tensor, Tensor | None], tuple[Tensor, Tensor]],
+    run: Callable[[Tensor, Tensor | None, int], tuple[Tensor, Tensor]],
     x: Tensor,
     cond: Tensor | None,
     *,
     slices: int,
 ) -> tuple[Tensor, Tensor]:
-    """``run(x, cond) -> (y, logdet)`` (a chain's layers, without autograd) on ``slices``
-    slices of the batch, each slice's results written into one output: only one slice's
-    working set (a conditioner's activations) is alive at a time."""
+    """``run(x, cond, row) -> (y, logdet)`` (a chain's layers, without autograd) on ``slices``
+    slices of the batch, ``row`` the first row of each, the slices' results written into one
+    output: only one slice's working set (a conditioner's activations) is alive at a time."""
     if slices == 1:
-        return run(x, cond)
+        return run(x, cond, 0)
     y: Tensor | None = None
     logdet: Tensor | None = None
     for start, stop in slice_bounds(x.shape[0], slices):
         with rows(start, stop):  # the active record keeps these rows
-            part, part_logdet = run(x[start:stop], None if cond is None else cond[start:stop])
+            part_cond = None if cond is None else cond[start:stop]
+            part, part_logdet = run(x[start:stop], part_cond, start)
         if y is None or logdet is None:
             y = part.new_empty((x.shape[0], *part.shape[1:]))
             logdet = part_logdet.new_empty((x.shape[0],))
@@ -82,9 +84,11 @@ def reconstruct_in_slices(
     cond: Tensor | None,
     *,
     slices: int,
+    each: Callable[[int], AbstractContextManager[object]] = lambda row: nullcontext(),
 ) -> Reconstruction:
     """``rule(output, grad_output, grad_logdet, cond)`` (a layer's ``reconstruct_vjp``, say)
-    on ``slices`` slices of the batch, assembled.
+    on ``slices`` slices of the batch, assembled; each slice runs inside ``each(row)``, ``row``
+    its first row.
 
     Invertible layers act on each sample alone, so the rebuilt input and its gradient are
     the slices' results side by side, the condition gradient likewise, and parameter
@@ -100,7 +104,7 @@ def reconstruct_in_slices(
         cond_part = None if cond is None else cond[start:stop].detach()
         if cond_part is not None:
             cond_part.requires_grad_(cond.requires_grad)
-        with rows(start, stop):  # chains nested in the layer check these rows only
+        with rows(start, stop), each(start):  # nested chains check these rows only
             part = rule(
                 output[start:stop], grad_output[start:stop], grad_logdet[start:stop], cond_part
             )

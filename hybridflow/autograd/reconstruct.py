@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
 from torch import Tensor
@@ -65,12 +65,13 @@ def reconstruct_steps(
                     start, rule = h, partial(layer.reconstruct_vjp, inverse=inverse)
                 if slices > 1:
                     result = reconstruct_in_slices(
-                        _seeded(rule, replay, index),
+                        rule,
                         start,
                         grad_h,
                         grad_logdet,
                         cond,
                         slices=slices,
+                        each=partial(_slice_stream, replay, index),
                     )
                 else:
                     result = rule(start, grad_h, grad_logdet, cond)
@@ -86,13 +87,6 @@ def reconstruct_steps(
     return Reconstruction(h, grad_h, grad_cond, tuple(grad_params))
 
 
-def _seeded(
-    rule: Callable[..., Reconstruction], replay: ReplayState, index: int
-) -> Callable[..., Reconstruction]:
-    """``rule`` run with layer ``index``'s random stream from its start at every call."""
-
-    def run(*args: Tensor | None) -> Reconstruction:
-        with replay.layer(index):
-            return rule(*args)
-
-    return run
+def _slice_stream(replay: ReplayState, index: int, row: int) -> AbstractContextManager[None]:
+    """Layer ``index``'s random stream for the slice of the batch starting at ``row``."""
+    return replay.at_row(row).layer(index)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -32,6 +32,8 @@ def is_replaying() -> bool:
 # one call and layer j of another never share a random stream.
 _SEED_STRIDE = 0x9E3779B97F4A7C15
 _SEED_MASK = (1 << 63) - 1
+# Another odd constant (splitmix64's) for the first row of a slice of the batch.
+_ROW_STRIDE = 0xBF58476D1CE4E5B9
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,18 @@ class ReplayState:
     generators are re-seeded (:meth:`layer`): ``manual_seed`` takes a Python integer, and
     ``torch.random.fork_rng`` runs eagerly under Dynamo in any case.
 
+    A pass run on slices of the batch (micro-batches) seeds each slice's layers from
+    ``(seed, i, row)`` too, ``row`` the slice's first row (:meth:`at_row`): slice ``k`` draws
+    the same numbers in the forward pass and in its reconstruction, and other numbers than the
+    other slices.
+
     Autocast: the autocast settings (enabled, dtype) of the forward pass, per device type.
     """
 
     seed: torch.Tensor | None
     device: torch.device
     autocast: tuple[tuple[str, bool, torch.dtype], ...]
+    row: int = 0
 
     @classmethod
     def capture(cls, device: torch.device, preserve_rng_state: bool) -> ReplayState:
@@ -65,6 +73,10 @@ class ReplayState:
             (t, torch.is_autocast_enabled(t), torch.get_autocast_dtype(t)) for t in device_types
         )
         return cls(seed, device, autocast)
+
+    def at_row(self, row: int) -> ReplayState:
+        """The state for a slice of the batch starting at ``row`` (``0``: this state)."""
+        return self if row == 0 else replace(self, row=row)
 
     @contextmanager
     def layers(self) -> Iterator[None]:
@@ -84,7 +96,8 @@ class ReplayState:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             # read inside the fork, which Dynamo runs eagerly: no graph break of its own
-            layer_seed = (int(self.seed) + (index + 1) * _SEED_STRIDE) & _SEED_MASK
+            offset = (index + 1) * _SEED_STRIDE + self.row * _ROW_STRIDE
+            layer_seed = (int(self.seed) + offset) & _SEED_MASK
             torch.default_generator.manual_seed(layer_seed)
             if devices:
                 with torch.cuda.device(self.device):
