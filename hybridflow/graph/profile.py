@@ -92,7 +92,8 @@ class NodeProfile:
         writes: the tensor ports it produces.
         generic_rule: invertible nodes: whether the module uses the generic reconstructing
             rule (invert, then re-run forward: about two forward passes) rather than a
-            hand-written one (about one).
+            hand-written one (about one), in any of its layers
+            (:attr:`~hybridflow.InvertibleModule.uses_generic_rule`).
         layers: invertible nodes: the memory of each innermost invertible layer (a network
             given as one node is reconstructed layer by layer).
     """
@@ -308,7 +309,7 @@ def _run_node(
     generic = (
         spec.kind == "invertible"
         and isinstance(module, InvertibleModule)
-        and type(module).reconstruct_vjp is InvertibleModule.reconstruct_vjp
+        and module.uses_generic_rule
     )
     reads = [key for key, _ in read_pairs]
     profile = NodeProfile(
