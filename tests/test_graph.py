@@ -18,65 +18,11 @@ from torch import nn
 from hybridflow.autograd import Chain
 from hybridflow.graph import Graph, GraphModule, Strategy
 from hybridflow.layers import ActNorm, AffineCoupling, InvConv1x1
-from hybridflow.networks import Glow
 from hybridflow.operators import Convolution, Operator
+from hybridflow.testing.graphs import hybrid_graph
 
 FLOW = ("pre", "glow", "post")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "graph.md"
-
-
-def hybrid_graph(
-    dtype: torch.dtype = torch.float64,
-    batch: int = 4,
-    side: int = 8,
-    hidden: int = 8,
-    depth: int = 2,
-    seed: int = 0,
-) -> tuple[Graph, dict[str, torch.Tensor]]:
-    """A summary network (autograd) conditioning a multiscale Glow between two more invertible
-    nodes, a blur (linear operator) of the latent, and a loss (autograd) using the latent, its
-    log determinant and the blurred latent. Parameters are perturbed away from the identity
-    initialisation and ActNorms marked initialised, so that nothing hides a mistake."""
-    torch.manual_seed(seed)
-    channels = 2
-    summary = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 2, 3, padding=1))
-    pre = ActNorm(channels)
-    glow = Glow(channels, levels=2, depth=depth, hidden=hidden, cond_channels=2, seed=seed)
-    post = AffineCoupling(channels, hidden=hidden, cond_features=2, spatial_dims=2)
-    kernel = torch.tensor([[0.0, 0.1, 0.0], [0.1, 0.6, 0.1], [0.0, 0.1, 0.0]])
-    blur = Convolution(kernel, in_shape=(channels, side, side))
-    modules = nn.ModuleList([summary, pre, glow, post]).to(dtype)
-    with torch.no_grad():
-        for p in modules.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    for m in modules.modules():
-        if isinstance(m, ActNorm):
-            m.mark_initialized()
-
-    def loss(z, logdet, blurred, data):
-        misfit = 0.5 * (blurred - data).pow(2).flatten(1).sum(1)
-        return (misfit + 0.5 * z.pow(2).flatten(1).sum(1) - logdet).mean() + torch.sin(z).sum()
-
-    graph = (
-        Graph()
-        .input("obs")
-        .input("x")
-        .input("data")
-        .autograd("summary", summary, "obs")
-        .invertible("pre", pre, "x")
-        .invertible("glow", glow, "pre", cond="summary")
-        .invertible("post", post, "glow", cond="summary")
-        .operator("blur", blur, "post")
-        .autograd("loss", loss, ["post", "post.logdet", "blur", "data"])
-        .output("loss")
-        .output("post", "z")
-    )
-    sample = {
-        "obs": torch.randn(batch, 1, side, side, dtype=dtype),
-        "x": torch.randn(batch, channels, side, side, dtype=dtype),
-        "data": torch.randn(batch, channels, side, side, dtype=dtype),
-    }
-    return graph, sample
 
 
 def step(model: nn.Module, sample: dict[str, torch.Tensor]) -> list[torch.Tensor]:

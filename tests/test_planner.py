@@ -7,38 +7,22 @@ import math
 
 import pytest
 import torch
-from test_graph import FLOW, hybrid_graph, step
+from test_graph import FLOW, step
 from torch import nn
 
 import hybridflow as hf
 from hybridflow.graph import Budget, BudgetError, Graph, Strategy, format_bytes, parse_bytes
 from hybridflow.graph import planner as planner_module
 from hybridflow.layers import ActNorm, AffineCoupling, InvConv1x1
+from hybridflow.testing.graphs import hybrid_graph
+from hybridflow.testing.graphs import kept_bytes as graph_kept_bytes
 
 
 def kept_bytes(model: nn.Module, sample: dict[str, torch.Tensor], warm_up: bool = True) -> int:
-    """Bytes of the distinct storages autograd keeps for backward during one forward pass
-    (parameters and buffers left out), counted with saved-tensor hooks; then backward."""
-    excluded = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in excluded:
-            storages[storage.data_ptr()] = storage.nbytes()
-        # a detached alias: returning the tensor itself would tie a saved output to its own
-        # grad_fn (a reference cycle that outlives the graph when no backward runs)
-        return tensor.detach()
-
+    """Bytes kept for backward by one forward pass of ``model`` on ``sample`` (inputs other
+    than ``data`` requiring grad), then backward (:func:`hybridflow.testing.graphs.kept_bytes`)."""
     inputs = {k: v.clone().requires_grad_(k != "data") for k, v in sample.items()}
-    # a chain's first differentiable call is checked by the drift guard, which keeps a few
-    # numbers per sample and layer (counted in test_guard.py): count an unchecked call
-    if warm_up:
-        model(**inputs)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(**inputs)["loss"]
-    loss.backward()
-    return sum(storages.values())
+    return graph_kept_bytes(model, inputs, warm_up)
 
 
 @pytest.fixture(scope="module")

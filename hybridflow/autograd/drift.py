@@ -114,9 +114,8 @@ def _as_inf(error: float) -> float:
 def max_drift(module: torch.nn.Module) -> float:
     """The largest drift any invert-mode chain in ``module`` measured on its last checked
     backward (``nan`` when none has been checked yet), for logs."""
-    from hybridflow.autograd.chain import Chain  # the chain imports this module
-
-    reports = [m.drift_report for m in module.modules() if isinstance(m, Chain)]
+    guards = [getattr(m, "drift_guard", None) for m in module.modules()]
+    reports = [g.report for g in guards if isinstance(g, DriftGuard)]
     errors = [r.max_error for r in reports if r is not None]
     return max(errors) if errors else math.nan
 

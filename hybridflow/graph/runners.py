@@ -29,7 +29,24 @@ Values = dict[str, Any]
 """The tensors computed so far in a call, by port (tuple items by item port)."""
 
 
-class InvertibleRunner:
+class _Runner:
+    """What every runner holds: its segment and strategy, the specs of the segment's nodes,
+    and the item ports of autograd nodes that return tuples."""
+
+    def __init__(
+        self,
+        segment: Segment,
+        strategy: Strategy,
+        specs: Mapping[str, NodeSpec],
+        tuples: Mapping[str, tuple[str, ...]],
+    ) -> None:
+        self.segment = segment
+        self.strategy = strategy
+        self.specs = [specs[name] for name in segment.nodes]
+        self.tuples = dict(tuples)
+
+
+class InvertibleRunner(_Runner):
     """Runs an invertible segment as one :class:`~hybridflow.Chain` of its nodes' modules.
 
     ``store`` runs the chain in ``"store"`` mode, ``checkpoint`` the same under
@@ -54,10 +71,7 @@ class InvertibleRunner:
         specs: Mapping[str, NodeSpec],
         tuples: Mapping[str, tuple[str, ...]],
     ) -> None:
-        self.segment = segment
-        self.strategy = strategy
-        self.specs = [specs[name] for name in segment.nodes]
-        self.tuples = dict(tuples)
+        super().__init__(segment, strategy, specs, tuples)
         modules: list[nn.Module] = [s.target for s in self.specs]  # type: ignore[misc]
         self.mode: Mode = "invert" if strategy.kind == "invert" else "store"
         self.chain = Chain(
@@ -95,7 +109,7 @@ class InvertibleRunner:
             return self.chain(x, cond)
 
 
-class NodesRunner:
+class NodesRunner(_Runner):
     """Runs autograd or operator nodes one after another, optionally under one checkpoint.
 
     The segment's inputs are passed to ``torch.utils.checkpoint`` as separate tensors (tuples
@@ -118,9 +132,7 @@ class NodesRunner:
         tuples: Mapping[str, tuple[str, ...]],
         read_keys: Sequence[str],
     ) -> None:
-        self.strategy = strategy
-        self.specs = [specs[name] for name in segment.nodes]
-        self.tuples = dict(tuples)
+        super().__init__(segment, strategy, specs, tuples)
         self.read_keys = list(read_keys)
         self.export_keys = [str(p) for p in segment.exports]
 
