@@ -324,42 +324,25 @@ class Chain(InvertibleModule):
         cond: Tensor | None = None,
         *,
         inverse: bool = False,
+        replay: ReplayState | None = None,
+        slices: int | None = None,
     ) -> Reconstruction:
-        """Reconstruct through every layer (used when this chain is nested in another)."""
-        replay = ReplayState.capture(output.device, self.seeds_layers())
-        return self.reconstruct_layers(
-            output,
-            grad_output,
-            grad_logdet,
-            cond,
-            inverse=inverse,
-            replay=replay,
-            slices=self.micro_batches,
-        )
+        """Reconstruct through every layer, in reverse
+        (:func:`~hybridflow.autograd.reconstruct.reconstruct_steps`).
 
-    def reconstruct_layers(
-        self,
-        output: Tensor,
-        grad_output: Tensor,
-        grad_logdet: Tensor,
-        cond: Tensor | None,
-        *,
-        inverse: bool,
-        replay: ReplayState,
-        slices: int = 1,
-    ) -> Reconstruction:
-        """Walk the pass backwards, each layer on ``slices`` slices of the batch
-        (:func:`~hybridflow.autograd.reconstruct.reconstruct_steps`)."""
+        A chain nested in another is reconstructed this way; the reconstructing Function
+        passes the ``replay`` state of its forward pass (default: captured now) and the
+        ``slices`` of the batch each layer runs on (default: ``micro_batches``).
+        """
+        if replay is None:
+            replay = ReplayState.capture(output.device, self.seeds_layers())
         return reconstruct_steps(
             self._steps(inverse),
             tuple(self.parameters()),
-            output,
-            grad_output,
-            grad_logdet,
-            cond,
+            (output, grad_output, grad_logdet, cond),
             inverse=inverse,
             replay=replay,
-            slices=slices,
+            slices=self.micro_batches if slices is None else slices,
             tile_size=self.tile_size,
         )
 

@@ -75,7 +75,7 @@ class Reconstructible(Protocol):
         """Apply every layer (forward or inverse pass), summing log determinants."""
         ...
 
-    def reconstruct_layers(
+    def reconstruct_vjp(
         self,
         output: Tensor,
         grad_output: Tensor,
@@ -86,8 +86,8 @@ class Reconstructible(Protocol):
         replay: ReplayState,
         slices: int,
     ) -> Reconstruction:
-        """Rebuild every layer's input in reverse and back-propagate, each layer on
-        ``slices`` slices of the batch."""
+        """Rebuild every layer's input in reverse and back-propagate (replaying ``replay``),
+        each layer on ``slices`` slices of the batch."""
         ...
 
 
@@ -101,8 +101,8 @@ class ReconstructingFunction(torch.autograd.Function):
     the version counters of the run's parameters and buffers. Backward first refuses to run if
     any of them, the output or the condition changed in place since
     (:class:`~hybridflow.errors.ModifiedError`), then walks the layers in reverse, each on
-    ``slices.backward`` slices: each layer rebuilds its input from its output and returns the
-    input, condition and parameter gradients
+    ``slices.backward`` slices (the run's ``reconstruct_vjp``): each layer rebuilds its input
+    from its output and returns the input, condition and parameter gradients
     (:meth:`~hybridflow.InvertibleModule.reconstruct_vjp`), the guard measures the rebuilt
     inputs against their fingerprints, and non-finite rebuilt values raise
     :class:`~hybridflow.errors.ReconstructionError` (unless the forward pass ran with
@@ -174,7 +174,7 @@ class ReconstructingFunction(torch.autograd.Function):
         if cond is not None:
             cond = cond.detach().requires_grad_(ctx.needs_input_grad[_COND])
         with ctx.replay.autocast_state(), recording(record, checking=True):
-            result = run.reconstruct_layers(
+            result = run.reconstruct_vjp(
                 y,
                 grad_y,
                 grad_logdet,

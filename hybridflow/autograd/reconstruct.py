@@ -23,10 +23,7 @@ __all__ = ["reconstruct_steps"]
 def reconstruct_steps(
     steps: Sequence[tuple[int, InvertibleModule]],
     params: Sequence[Tensor],
-    output: Tensor,
-    grad_output: Tensor,
-    grad_logdet: Tensor,
-    cond: Tensor | None,
+    start: tuple[Tensor, Tensor, Tensor, Tensor | None],
     *,
     inverse: bool,
     replay: ReplayState,
@@ -34,7 +31,8 @@ def reconstruct_steps(
     tile_size: TileSize | None,
 ) -> Reconstruction:
     """Walk a pass of ``steps`` (``(index, layer)`` in the order the pass applied them)
-    backwards: each layer rebuilds its input and back-propagates.
+    backwards from ``start``, the pass's ``(output, grad_output, grad_logdet, cond)``: each
+    layer rebuilds its input and back-propagates.
 
     Parameter gradients are gathered per tensor of ``params`` (the chain's parameters; shared
     ones accumulate); condition gradients are summed over layers. Under an active
@@ -44,6 +42,7 @@ def reconstruct_steps(
     the layer's random stream from its start (as each slice of a sliced forward pass). Running
     statistics (BatchNorm) are left as the forward pass left them.
     """
+    output, grad_output, grad_logdet, cond = start
     position = {id(p): k for k, p in enumerate(params)}
     grad_params: list[Tensor | None] = [None] * len(params)
     grad_cond: Tensor | None = None

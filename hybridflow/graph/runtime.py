@@ -265,7 +265,7 @@ class GraphModule(nn.Module):
         runners: list[InvertibleRunner | NodesRunner] = [
             InvertibleRunner(segment, strategy, self.specs, tuples)
             if segment.kind == "invertible"
-            else NodesRunner(segment, strategy, self.specs, tuples, self._items(segment.reads))
+            else NodesRunner(segment, strategy, self.specs, tuples)
             for segment, strategy in zip(segments, strategies, strict=True)
         ]
         # free each tensor once the last segment that reads it has run
