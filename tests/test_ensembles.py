@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import train_from_recipe
 from torch.distributions import Normal
 
 import hybridflow as hf
@@ -82,14 +83,12 @@ def test_recipe_ensemble_trains_saves_and_samples(tmp_path, capsys) -> None:
     recipe = check_recipe({"task": {"name": "two_moons"}, "flow": {"ensemble": 2, "depth": 1}})
     flow = build_flow(recipe, build_task(recipe))
     assert isinstance(flow, FlowEnsemble) and len(flow) == 2
-    config = tmp_path / "ens.toml"
-    config.write_text(
+    out = train_from_recipe(
+        tmp_path,
         '[task]\nname = "two_moons"\n[simulations]\ncount = 128\n'
         "[flow]\nensemble = 2\ndepth = 1\nhidden = 8\n[summary]\nfeatures = 2\nhidden = 8\n"
-        'depth = 1\n[training]\nmax_epochs = 1\nbatch_size = 64\nschedule = "constant"\n'
+        'depth = 1\n[training]\nmax_epochs = 1\nbatch_size = 64\nschedule = "constant"\n',
     )
-    out = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
     loaded, _ = hf.load(out / "model.pt")
     assert isinstance(loaded, FlowEnsemble)
     samples = tmp_path / "s.pt"

@@ -43,6 +43,17 @@ from hybridflow.summary import Standardize
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _posterior_checks(task, flow: ConditionalFlow):
+    """For observations 0 and 1 of ``task``: the index, the observation, 4000 draws of the
+    flow's posterior and their moment errors against the task's exact posterior."""
+    for index in (0, 1):
+        _, x_o = task.observation(index)
+        with torch.no_grad():
+            samples = flow(x_o).sample((4000,))
+        mean, covariance = task.posterior_moments(x_o[None])
+        yield index, x_o, samples, moment_errors(samples, mean[0], covariance)
+
+
 def _vector_flow(task, data, depth: int = 3, hidden: int = 64, **kwargs) -> ConditionalFlow:
     d = math.prod(task.theta_shape)
     k = math.prod(task.x_shape)
@@ -172,12 +183,7 @@ def test_npe_gaussian_linear_matches_the_analytic_posterior() -> None:
     config = NPEConfig(max_epochs=6, batch_size=512, learning_rate=2e-3, schedule="cosine")
     history = NPETrainer(flow, config).fit(data.theta, data.x)
     assert history.validation_loss[-1] < history.validation_loss[0]
-    for index in (0, 1):
-        _, x_o = task.observation(index)
-        with torch.no_grad():
-            samples = flow(x_o).sample((4000,))
-        mean, covariance = task.posterior_moments(x_o[None])
-        errors = moment_errors(samples, mean[0], covariance)
+    for index, x_o, samples, errors in _posterior_checks(task, flow):
         assert errors.mean_error < 0.4, errors
         assert errors.std_error < 0.15, errors
         assert errors.covariance_error < 0.2, errors
@@ -334,12 +340,7 @@ def test_reverse_kl_learns_a_deblurring_posterior() -> None:
     config = ReverseKLConfig(steps=600, batch_size=64, num_samples=4, learning_rate=2e-3)
     history = ReverseKLTrainer(flow, task, config).fit()
     assert sum(history.loss[-50:]) / 50 < sum(history.loss[:50]) / 50
-    for index in (0, 1):
-        _, x_o = task.observation(index)
-        with torch.no_grad():
-            samples = flow(x_o).sample((4000,))
-        mean, covariance = task.posterior_moments(x_o[None])
-        errors = moment_errors(samples, mean[0], covariance)
+    for _, _, _, errors in _posterior_checks(task, flow):
         # Reverse KL fits a Gaussian posterior from the likelihood alone; tolerances as in the
         # NPE test (a 0.4-standard-deviation mean error alone means a C2ST of 0.58).
         assert errors.mean_error < 0.4, errors
