@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import hybridflow as hf
-from hybridflow.bench import memory_depth
+from hybridflow.cli import bench as memory_depth  # the benchmark's command line
 from hybridflow.cli.errors import UsageError
 from hybridflow.cli.main import main
 from hybridflow.cli.outputs import check_output_folder
@@ -467,7 +467,7 @@ def test_image_posterior_figure_without_truth_or_mask(tmp_path, channels) -> Non
 def test_atomic_outputs_get_ordinary_permissions_and_leave_no_temporary_files(tmp_path) -> None:
     import os
 
-    from hybridflow.cli.outputs import write_text
+    from hybridflow.io import write_text
 
     umask = os.umask(0o022)
     os.umask(umask)

@@ -31,7 +31,7 @@ from hybridflow.bench.probes import (
 )
 from hybridflow.config import from_config
 from hybridflow.distributions import FlowDistribution
-from hybridflow.serialization import atomic_torch_save
+from hybridflow.io import atomic_torch_save
 
 __all__ = ["StepMemory", "main", "measure_step_memory", "with_mode"]
 

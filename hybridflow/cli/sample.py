@@ -27,14 +27,13 @@ from torch import Tensor
 
 from hybridflow.cli.errors import UsageError
 from hybridflow.cli.figures import image_posterior, vector_posterior
-from hybridflow.cli.help import HelpFormatter, plain
+from hybridflow.cli.help import add_command, add_threads_flag
 from hybridflow.cli.outputs import output_folder
 from hybridflow.cli.recipe import build_task, check_recipe
 from hybridflow.cli.threads import torch_threads
 from hybridflow.distributions import ConditionalFlow, FlowEnsemble
-from hybridflow.integrity import read_torch_file
+from hybridflow.io import atomic_torch_save, load, read_torch_file
 from hybridflow.sbi import Task, c2st
-from hybridflow.serialization import atomic_torch_save, load
 
 __all__ = ["add_parser", "draw_samples", "load_flow", "read_observations", "run"]
 
@@ -109,11 +108,11 @@ def _reference(task: Task, observations: Tensor, num: int, seed: int) -> Tensor 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``sample`` and its flags."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "sample",
-        help="draw posterior samples from a saved model",
-        description=plain(__doc__),
-        formatter_class=HelpFormatter,
+        "draw posterior samples from a saved model",
+        __doc__,
     )
     parser.add_argument("--model", required=True, type=Path, help="model file (model.pt)")
     source = parser.add_mutually_exclusive_group()
@@ -125,9 +124,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
     parser.add_argument("--out", type=Path, default=Path("samples.pt"), help="output .pt file")
     parser.add_argument("--png", type=Path, help="also draw the samples to this PNG")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (as train and the demo)"
-    )
+    add_threads_flag(parser, "as train and the demo")
     parser.add_argument(
         "--import",
         dest="imports",
