@@ -13,7 +13,7 @@ from typing import Any
 
 from hybridflow.bench import memory_depth, peak_memory_unavailable
 from hybridflow.cli.errors import UsageError, add_debug_flag
-from hybridflow.cli.help import HelpFormatter, add_command, plain
+from hybridflow.cli.help import add_command
 from hybridflow.cli.outputs import output_folder
 
 __all__ = ["add_arguments", "add_parser", "main", "run", "run_memory", "settings_from_args"]
@@ -25,11 +25,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         subparsers, "bench", "benchmarks (memory versus depth and image size)", __doc__
     )
     benchmarks = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
-    memory = benchmarks.add_parser(
+    memory = add_command(
+        benchmarks,
         "memory",
-        help="peak step memory (and time) of store, invert and checkpoint modes",
-        description=plain(memory_depth.__doc__),
-        formatter_class=HelpFormatter,
+        "peak step memory (and time) of store, invert and checkpoint modes",
+        memory_depth.__doc__,
     )
     add_arguments(memory, default_out="bench-output")
     add_debug_flag(memory)

@@ -46,7 +46,7 @@ class DemoSettings:
 
 @dataclass
 class DemoResult:
-    """What :func:`demo` measured and wrote.
+    """What :func:`hybridflow.cli.demo.demo` measured and wrote.
 
     Attributes:
         training: the training run (flow, history, files, time).
@@ -69,15 +69,18 @@ class DemoResult:
 
 
 def mib(value: int | None) -> str:
+    """Bytes as MiB with two decimals; ``"n/a"`` for ``None`` (not measured)."""
     return "n/a" if value is None else f"{value / 2**20:.2f} MiB"
 
 
 def duration(seconds: float) -> str:
+    """Seconds as ``"2 min 5 s"`` (or ``"45 s"``)."""
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
 def memory_section(memory: dict[int, list[StepMemory]], batch: int) -> list[str]:
+    """The report's lines on one training step's memory (empty ``memory``: not measured)."""
     if not memory:
         return ["## Memory of one training step", "", "Not measured (`--no-memory`).", ""]
     lines = [

@@ -17,6 +17,7 @@ from hybridflow.errors import CheckpointMismatch, InputError
 from hybridflow.sbi.data import Simulations
 from hybridflow.sbi.training.loop import CheckpointSpec, Objective, TrainingLoop, UnitResult
 from hybridflow.sbi.training.schedule import idle_at_floor
+from hybridflow.sbi.training.state import model_device
 
 if TYPE_CHECKING:
     from hybridflow.sbi.training.npe import NPEConfig
@@ -129,9 +130,7 @@ class NPEObjective(Objective):
         self.history = NPEHistory(dropped=data.dropped)
         self.fingerprint = _fingerprint(data)
         self.best_loss, self.best_state, self.waited = math.inf, None, 0
-        self.device = next(
-            (t.device for t in (*flow.parameters(), *flow.buffers())), torch.device("cpu")
-        )
+        self.device = model_device(flow)
 
     def units_done(self) -> int:
         return self.history.epochs
