@@ -4,6 +4,7 @@ import warnings
 
 import pytest
 
+import hybridflow.cli.outputs
 import hybridflow.integrity
 import hybridflow.io
 import hybridflow.sbi
@@ -36,6 +37,8 @@ def test_linear_gaussian_is_linear_inverse_problem_and_warns_once():
         (hybridflow.serialization, "check_state_dict"),
         (hybridflow.integrity, "digest"),
         (hybridflow.integrity, "read_torch_file"),
+        (hybridflow.cli.outputs, "write_text"),
+        (hybridflow.cli.outputs, "save_figure"),
     ],
 )
 def test_moved_io_names_are_the_same_objects_and_warn_with_the_new_home(module, name):

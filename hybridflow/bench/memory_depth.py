@@ -12,16 +12,15 @@ versus depth, and versus image size) and prints :func:`report`.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
 import math
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
+from hybridflow.bench import probes
 from hybridflow.bench.glow_like import BenchMode
 from hybridflow.bench.probes import (
     MEMORY_ENV,
@@ -229,11 +228,8 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
 
 def child_main(argv: list[str] | None = None) -> None:
     """The child's entry point: ``python -m hybridflow.bench.memory_depth --child JSON``
-    measures one configuration and prints its row as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", required=True, help="the configuration, as JSON")
-    args = parser.parse_args(argv)
-    print(json.dumps(measure_one(json.loads(args.child))))
+    measures one configuration (:func:`measure_one`) and prints its row as JSON."""
+    probes.child_main(measure_one, argv)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,10 @@ from hybridflow.config import get_config
 from hybridflow.io import atomic_torch_save, write_text
 from hybridflow.sbi import simulate
 
-__all__ = ["DEMO_RECIPE", "QUICK_RECIPE", "DemoResult", "add_parser", "demo", "run"]
+__all__ = ["DEMO_RECIPE", "QUICK_RECIPE", "SUMMARY", "DemoResult", "add_parser", "demo", "run"]
+
+SUMMARY = "train, see and measure a posterior for an image inverse problem (minutes)"
+"""The line of ``hybridflow demo`` in ``hybridflow --help``."""
 
 DEMO_RECIPE: dict[str, Any] = {
     "task": {"name": "digits", "kind": "inpaint"},
@@ -197,12 +200,7 @@ def _rmse(estimate: Tensor, truth: Tensor) -> float:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``demo`` and its flags."""
-    parser = add_command(
-        subparsers,
-        "demo",
-        "train, see and measure a posterior for an image inverse problem (minutes)",
-        __doc__,
-    )
+    parser = add_command(subparsers, "demo", SUMMARY, __doc__)
     parser.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="toy sizes: seconds, for a test")
     parser.add_argument("--kind", choices=["inpaint", "deblur"], help="the inverse problem")

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hybridflow.cli.errors import UsageError
+from hybridflow.deprecation import moved_names
 
 __all__ = [
     "OutputError",
@@ -90,3 +91,7 @@ def output_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
             except OSError:
                 break
         raise
+
+
+# pyplot, save_figure and write_text write any file, not only the command line's: hybridflow.io
+__getattr__ = moved_names(__name__, "hybridflow.io", ("pyplot", "save_figure", "write_text"))

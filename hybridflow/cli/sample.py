@@ -35,7 +35,10 @@ from hybridflow.distributions import ConditionalFlow, FlowEnsemble
 from hybridflow.io import atomic_torch_save, load, read_torch_file
 from hybridflow.sbi import Task, c2st
 
-__all__ = ["add_parser", "draw_samples", "load_flow", "read_observations", "run"]
+__all__ = ["SUMMARY", "add_parser", "draw_samples", "load_flow", "read_observations", "run"]
+
+SUMMARY = "draw posterior samples from a saved model"
+"""The line of ``hybridflow sample`` in ``hybridflow --help``."""
 
 
 def load_flow(path: str | Path) -> tuple[ConditionalFlow | FlowEnsemble, dict[str, Any]]:
@@ -108,12 +111,7 @@ def _reference(task: Task, observations: Tensor, num: int, seed: int) -> Tensor 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``sample`` and its flags."""
-    parser = add_command(
-        subparsers,
-        "sample",
-        "draw posterior samples from a saved model",
-        __doc__,
-    )
+    parser = add_command(subparsers, "sample", SUMMARY, __doc__)
     parser.add_argument("--model", required=True, type=Path, help="model file (model.pt)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--observations", type=Path, help="tensor file of observations")

@@ -36,7 +36,10 @@ from hybridflow.errors import FileFormatError
 from hybridflow.io import load_checkpoint, pyplot, save, write_text
 from hybridflow.sbi import EpochRecord, NPEHistory, NPETrainer, Task, simulate
 
-__all__ = ["TrainResult", "add_parser", "run", "train_recipe"]
+__all__ = ["SUMMARY", "TrainResult", "add_parser", "run", "train_recipe"]
+
+SUMMARY = "train a posterior flow from a TOML config, with checkpoints and resume"
+"""The line of ``hybridflow train`` in ``hybridflow --help``."""
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -171,12 +174,7 @@ def train_recipe(
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``train`` and its flags."""
-    parser = add_command(
-        subparsers,
-        "train",
-        "train a posterior flow from a TOML config, with checkpoints and resume",
-        __doc__,
-    )
+    parser = add_command(subparsers, "train", SUMMARY, __doc__)
     parser.add_argument("--config", required=True, type=Path, help="recipe file (.toml, .yaml)")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/<config name>)")
     group = parser.add_mutually_exclusive_group()
