@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import torch
 from torch import Tensor, nn
 
+from hybridflow.arguments import boolean, integer, number
 from hybridflow.autograd.drift import max_drift
 from hybridflow.io import load_run_checkpoint, save_checkpoint
 from hybridflow.sbi.training.progress import progress_bar
@@ -38,6 +39,7 @@ __all__ = [
     "Objective",
     "TrainingLoop",
     "UnitResult",
+    "check_loop_settings",
     "checked_trainer_arguments",
 ]
 
@@ -73,6 +75,22 @@ class LoopSettings(Protocol):
     seed: int
     checkpoint_every: int
     progress: bool
+
+
+def check_loop_settings(config: LoopSettings, where: str) -> None:
+    """Check the fields of a trainer's config that the loop reads (its ``schedule`` is the
+    trainer's to check: each allows its own).
+
+    Raises:
+        ArgumentTypeError, ArgumentError: naming the field and ``where``.
+    """
+    number(config.learning_rate, "learning_rate", where, minimum=0, open_low=True)
+    number(config.weight_decay, "weight_decay", where, minimum=0)
+    number(config.min_learning_rate, "min_learning_rate", where, minimum=0)
+    number(config.clip_grad_norm, "clip_grad_norm", where, minimum=0, open_low=True, optional=True)
+    integer(config.seed, "seed", where, minimum=0)
+    integer(config.checkpoint_every, "checkpoint_every", where, minimum=1)
+    boolean(config.progress, "progress", where)
 
 
 @dataclass(frozen=True)

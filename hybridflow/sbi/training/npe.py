@@ -9,9 +9,13 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from hybridflow.arguments import boolean, integer, number, one_of
+from hybridflow.arguments import integer, number, one_of
 from hybridflow.sbi.data import NonFinitePolicy, Observations, check_simulations
-from hybridflow.sbi.training.loop import TrainingLoop, checked_trainer_arguments
+from hybridflow.sbi.training.loop import (
+    TrainingLoop,
+    check_loop_settings,
+    checked_trainer_arguments,
+)
 from hybridflow.sbi.training.npe_objective import (
     EpochRecord,
     NPEHistory,
@@ -72,8 +76,6 @@ class NPEConfig:
         w = "NPEConfig"
         integer(self.max_epochs, "max_epochs", w, minimum=1)
         integer(self.batch_size, "batch_size", w, minimum=1)
-        number(self.learning_rate, "learning_rate", w, minimum=0, open_low=True)
-        number(self.weight_decay, "weight_decay", w, minimum=0)
         number(
             self.validation_fraction, "validation_fraction", w, minimum=0, maximum=1, open_high=True
         )
@@ -88,13 +90,9 @@ class NPEConfig:
             open_high=True,
         )
         integer(self.schedule_patience, "schedule_patience", w, minimum=0)
-        number(self.min_learning_rate, "min_learning_rate", w, minimum=0)
-        number(self.clip_grad_norm, "clip_grad_norm", w, minimum=0, open_low=True, optional=True)
-        integer(self.seed, "seed", w, minimum=0)
-        integer(self.checkpoint_every, "checkpoint_every", w, minimum=1)
         one_of(self.schedule, "schedule", w, ("constant", "cosine", "plateau"))
         one_of(self.nonfinite, "nonfinite", w, ("drop", "raise"))
-        boolean(self.progress, "progress", w)
+        check_loop_settings(self, w)
 
 
 class NPETrainer:

@@ -11,13 +11,14 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from hybridflow.arguments import boolean, integer, number, one_of
+from hybridflow.arguments import integer, one_of
 from hybridflow.sbi.tasks.base import Task
 from hybridflow.sbi.training.loop import (
     CheckpointSpec,
     Objective,
     TrainingLoop,
     UnitResult,
+    check_loop_settings,
     checked_trainer_arguments,
 )
 
@@ -65,15 +66,9 @@ class ReverseKLConfig:
         integer(self.steps, "steps", w, minimum=1)
         integer(self.batch_size, "batch_size", w, minimum=1)
         integer(self.num_samples, "num_samples", w, minimum=1)
-        number(self.learning_rate, "learning_rate", w, minimum=0, open_low=True)
-        number(self.weight_decay, "weight_decay", w, minimum=0)
-        number(self.min_learning_rate, "min_learning_rate", w, minimum=0)
-        number(self.clip_grad_norm, "clip_grad_norm", w, minimum=0, open_low=True, optional=True)
-        integer(self.seed, "seed", w, minimum=0)
-        integer(self.checkpoint_every, "checkpoint_every", w, minimum=1)
+        check_loop_settings(self, w)
         # no "plateau": the loss is a noisy estimate, with no plateau to watch
         one_of(self.schedule, "schedule", w, ("constant", "cosine"))
-        boolean(self.progress, "progress", w)
 
 
 @dataclass
