@@ -1,9 +1,9 @@
 """Old names that keep working for one release and warn once.
 
-Two kinds of rename happen: a public name moves (``LinearGaussian`` -> ``LinearInverseProblem``) and
-a keyword argument is renamed (``in_channels=`` -> ``features=``). Both warn with a
-``FutureWarning`` (shown to users by default, unlike ``DeprecationWarning``) the first time the
-old spelling is used in a process, naming the new one.
+Two kinds of rename happen: a public name moves (``LinearGaussian`` ->
+``LinearInverseProblem``) and a keyword argument is renamed (``in_channels=`` -> ``features=``).
+Both warn with a ``FutureWarning`` (shown to users by default, unlike ``DeprecationWarning``)
+the first time the old spelling is used in a process, naming the new one.
 
 >>> import warnings
 >>> @renamed_arguments(size="features")
