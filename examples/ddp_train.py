@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 import hybridflow as hf
+from hybridflow.io import atomic_torch_save
 from hybridflow.layers import ActNorm, AffineCoupling, InvConv1x1
-from hybridflow.serialization import atomic_torch_save
 
 PARAMETERS, OBSERVATIONS, SUMMARY = 4, 8, 6
 

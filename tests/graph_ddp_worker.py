@@ -21,10 +21,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from hybridflow.graph import Graph, GraphModule, Strategy
+from hybridflow.io import atomic_torch_save
 from hybridflow.layers import ActNorm
 from hybridflow.networks import Glow
 from hybridflow.operators import Convolution
-from hybridflow.serialization import atomic_torch_save
 
 SIDE, CHANNELS = 8, 2
 

@@ -23,7 +23,7 @@ import torch
 import hybridflow as hf
 from hybridflow.cli.main import main
 from hybridflow.errors import ArgumentTypeError, CheckpointMismatch, FileFormatError, InputError
-from hybridflow.integrity import digest
+from hybridflow.io import digest
 from hybridflow.layers import ActNorm, AffineCoupling
 from hybridflow.sbi import (
     GaussianLinear,
@@ -35,7 +35,7 @@ from hybridflow.sbi import (
     save_checkpoint,
     simulate,
 )
-from hybridflow.sbi.training import restore_run, rng_state
+from hybridflow.sbi.training.state import restore_run, rng_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -581,7 +581,7 @@ def test_temporary_file_of_a_killed_write_is_removed_by_the_next_write(tmp_path:
     target = tmp_path / "run.pt"
     script = (
         "import os, signal, sys\n"
-        "from hybridflow.serialization import atomic_write\n"
+        "from hybridflow.io import atomic_write\n"
         "def die(file):\n"
         "    file.write(b'half of a checkpoint')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"

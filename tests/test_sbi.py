@@ -21,7 +21,7 @@ from hybridflow.sbi import (
     DigitsInverseProblem,
     GaussianLinear,
     LeakageWarning,
-    LinearGaussian,
+    LinearInverseProblem,
     NonFiniteSimulationWarning,
     NPEConfig,
     NPETrainer,
@@ -107,7 +107,7 @@ def test_linear_gaussian_posterior_is_stationary_for_the_log_joint() -> None:
     computed through the blur operator's hand-written adjoint; the covariance must be minus
     the inverse Hessian."""
     kernel = torch.tensor([0.25, 0.5, 0.25], dtype=torch.float64)
-    task = LinearGaussian(
+    task = LinearInverseProblem(
         Convolution(kernel, in_shape=(6,), boundary="zero"), 1.0, 0.2, torch.float64
     )
     _, x_o = task.observation(0)
@@ -302,7 +302,7 @@ def test_checkpoints_never_unpickle_objects(tmp_path: Path) -> None:
 
 
 def test_reverse_kl_resumes_exactly(tmp_path: Path) -> None:
-    task = LinearGaussian(Convolution(torch.tensor([0.3, 0.4, 0.3]), in_shape=(4,)), 1.0, 0.3)
+    task = LinearInverseProblem(Convolution(torch.tensor([0.3, 0.4, 0.3]), in_shape=(4,)), 1.0, 0.3)
     config = ReverseKLConfig(steps=12, batch_size=8, num_samples=2, checkpoint_every=4)
 
     def flow() -> ConditionalFlow:
@@ -333,7 +333,7 @@ def test_reverse_kl_learns_a_deblurring_posterior() -> None:
     likelihood through the operator's adjoint; compared with the closed-form posterior."""
     torch.manual_seed(0)
     kernel = torch.tensor([0.25, 0.5, 0.25])
-    task = LinearGaussian(Convolution(kernel, in_shape=(6,), boundary="zero"), 1.0, 0.3)
+    task = LinearInverseProblem(Convolution(kernel, in_shape=(6,), boundary="zero"), 1.0, 0.3)
     flow = ConditionalFlow(
         coupling_flow(6, 6, depth=3, hidden=64), event_shape=(6,), observation_shape=(6,)
     )
