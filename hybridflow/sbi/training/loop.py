@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from hybridflow.arguments import boolean, integer, number
 from hybridflow.autograd.drift import max_drift
+from hybridflow.distributions.ensemble import FlowEnsemble
 from hybridflow.io import load_run_checkpoint, save_checkpoint
 from hybridflow.sbi.training.progress import progress_bar
 from hybridflow.sbi.training.schedule import ScheduleKind, build_scheduler, scheduler_step
@@ -195,6 +196,9 @@ class TrainingLoop:
         self.parameters = [p for p in flow.parameters() if p.requires_grad]
         if not self.parameters:
             raise ValueError(f"{owner}: the flow has no trainable parameters")
+        # an ensemble's members are clipped one by one, each as if it trained alone
+        members = flow.members if isinstance(flow, FlowEnsemble) else [flow]
+        self.clip_groups = [[p for p in m.parameters() if p.requires_grad] for m in members]
         self.optimizer = torch.optim.AdamW(
             self.parameters, lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -213,8 +217,8 @@ class TrainingLoop:
         """The optimiser's current learning rate."""
         return self.optimizer.param_groups[0]["lr"]
 
-    def gradient_step(self, loss: Tensor, at: str, advice: str) -> float:
-        """One optimiser step on ``loss`` (gradients clipped); its value.
+    def gradient_step(self, loss: Tensor, at: str, advice: str, *, scale: float = 1.0) -> float:
+        """One optimiser step on ``scale * loss`` (gradients clipped); the value of ``loss``.
 
         Raises:
             RuntimeError: the loss is NaN/Inf (``at`` says where, ``advice`` what to do).
@@ -222,9 +226,10 @@ class TrainingLoop:
         if not torch.isfinite(loss):
             raise RuntimeError(f"{self.owner}: the loss is {float(loss)} at {at}; {advice}")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * scale).backward()
         if self.config.clip_grad_norm is not None:
-            nn.utils.clip_grad_norm_(self.parameters, self.config.clip_grad_norm)
+            for group in self.clip_groups:
+                nn.utils.clip_grad_norm_(group, self.config.clip_grad_norm)
         self.optimizer.step()
         return float(loss.detach())
 

@@ -131,6 +131,9 @@ class NPEObjective(Objective):
         self.fingerprint = _fingerprint(data)
         self.best_loss, self.best_state, self.waited = math.inf, None, 0
         self.device = model_device(flow)
+        # each member of an ensemble trains on its own loss: the gradient step sums them
+        # (the reported loss is their mean), so a member moves exactly as it would alone
+        self.members = len(flow) if isinstance(flow, FlowEnsemble) else 1
 
     def units_done(self) -> int:
         return self.history.epochs
@@ -174,6 +177,7 @@ class NPEObjective(Objective):
                 f"step {step} of the epoch",
                 "lower the learning rate or standardise the observations "
                 "(hybridflow.summary.Standardize)",
+                scale=self.members,  # an ensemble: the sum of the members' losses
             )
             total += value * batch.numel()
         train_loss = total / index.numel()
