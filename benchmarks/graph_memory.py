@@ -145,6 +145,8 @@ def report(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    import common
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--side", type=int, default=64, help="image side (divisible by 2**levels)")
@@ -154,22 +156,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--depth", type=int, default=8, help="Glow steps per scale")
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--timing-steps", type=int, default=3)
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds per process")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(json.loads(args.child))
+    common.add_process_options(parser, timeout=1800)
+    args = common.parse_or_run_child(parser, argv, child)
+    if args is None:
         return []
     if args.side % 2**args.levels:
         parser.error(f"--side {args.side} must be divisible by 2**levels = {2**args.levels}")
-    if not Path("/proc/self/clear_refs").exists():
-        parser.error("peak memory is read from /proc/self (Linux only)")
-    from common import MEMORY_ENV, TIME_ENV, run_child, write_csv
-
-    args.out.mkdir(parents=True, exist_ok=True)
+    common.require_peak_probe(parser)
+    common.create_out(parser, args.out)
     base = {
         key: getattr(args, key)
         for key in ("side", "channels", "cond", "levels", "depth", "hidden", "batch", "threads")
@@ -178,13 +173,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for name in args.configs:
         config = {**base, "name": name}
-        memory = run_child(
-            Path(__file__), {**config, "measure": "memory"}, MEMORY_ENV, args.timeout
+        memory = common.run_child(
+            Path(__file__), {**config, "measure": "memory"}, common.MEMORY_ENV, args.timeout
         )
-        timing = run_child(Path(__file__), {**config, "measure": "time"}, TIME_ENV, args.timeout)
+        timing = common.run_child(
+            Path(__file__), {**config, "measure": "time"}, common.TIME_ENV, args.timeout
+        )
         rows.append({**memory, "seconds": timing["seconds"]})
         print(report(rows).splitlines()[-1], file=sys.stderr, flush=True)
-    path = write_csv(rows, args.out / "graph_memory.csv")
+    path = common.write_csv(rows, args.out / "graph_memory.csv")
     print(report(rows))
     print(f"wrote {path}")
     return rows

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from hybridflow.graph import GraphModule, Strategy
-from hybridflow.serialization import atomic_torch_save
+from hybridflow.io import atomic_torch_save
 from hybridflow.testing.graphs import hybrid_graph
 
 SIDE, CHANNELS = 8, 2
