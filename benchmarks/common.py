@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: the Glow-like model, one training step, memory probes.
+"""Shared pieces of the benchmarks: the Glow-like model, one training step, memory probes,
+and the command-line options the scripts have in common.
 
 They live in the package, :mod:`hybridflow.bench` (one implementation for these scripts and
 ``hybridflow bench memory``); this module keeps the names the scripts import. Peak memory on
@@ -10,6 +11,9 @@ after it.
 
 from __future__ import annotations
 
+import argparse
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 from hybridflow.bench import (
@@ -29,13 +33,19 @@ from hybridflow.bench.memory_depth import write_csv
 
 __all__ = [
     "MEMORY_ENV",
+    "RESULTS",
     "TIME_ENV",
     "GlowLike",
+    "add_process_options",
+    "add_size_options",
+    "create_out",
     "current_rss",
     "gaussian_nll",
     "measure_peak",
     "measure_time",
+    "parse_or_run_child",
     "peak_since_reset",
+    "require_peak_probe",
     "reset_peak",
     "run_child",
     "training_step",
@@ -47,3 +57,72 @@ def run_child(script: Path, config: dict, env: dict[str, str], timeout: float = 
     """Run ``script --child JSON`` in a fresh process with ``env`` added to the environment
     (:func:`hybridflow.bench.run_child` for a script)."""
     return _run_child([str(script)], config, env, timeout)
+
+
+RESULTS = Path("benchmarks/results")
+"""Where the scripts write their CSV files unless given ``--out``."""
+
+# Help texts of the size options; a name not listed here gets no help text.
+SIZE_HELP = {
+    "batch": "batch size",
+    "depth": "Glow steps",
+    "depths": "Glow steps, one model per value",
+    "features": "parameter dimension D",
+    "hidden": "conditioner width (channels or features)",
+    "repeats": "timed repetitions",
+    "rounds": "timed rounds per configuration",
+    "size": "image side",
+}
+
+
+def add_size_options(parser: argparse.ArgumentParser, **defaults: int | list[int]) -> None:
+    """Add an integer option ``--NAME`` per keyword (``_`` written ``-``) with that default;
+    a list default makes it take one or more values (``nargs="+"``)."""
+    for name, default in defaults.items():
+        many = {"nargs": "+"} if isinstance(default, list) else {}
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, type=int, default=default, help=SIZE_HELP.get(name), **many)
+
+
+def add_process_options(
+    parser: argparse.ArgumentParser,
+    timeout: float | None = None,
+    timeout_help: str = "seconds per process",
+) -> None:
+    """Add the options of a script that measures in child processes: ``--threads`` (torch
+    threads per process), ``--timeout`` (only when a default is given), ``--out`` (the results
+    folder) and the hidden ``--child`` (the configuration a child process measures, as JSON)."""
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads per measuring process"
+    )
+    if timeout is not None:
+        parser.add_argument("--timeout", type=float, default=timeout, help=timeout_help)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+
+
+def parse_or_run_child(
+    parser: argparse.ArgumentParser, argv: list[str] | None, child: Callable[[dict], object]
+) -> argparse.Namespace | None:
+    """The parsed ``argv``, or None once ``child`` has measured the configuration of
+    ``--child JSON`` (this process is then a child of :func:`run_child`, and ``child`` prints
+    its result as the last line of JSON on stdout)."""
+    args = parser.parse_args(argv)
+    if args.child is None:
+        return args
+    child(json.loads(args.child))
+    return None
+
+
+def require_peak_probe(parser: argparse.ArgumentParser) -> None:
+    """Exit with a usage error where peak memory cannot be read (``/proc/self``, Linux only)."""
+    if not Path("/proc/self/clear_refs").exists():
+        parser.error("peak memory is read from /proc/self (Linux only)")
+
+
+def create_out(parser: argparse.ArgumentParser, folder: Path) -> None:
+    """Create the results folder, or exit with a usage error that says why it cannot be."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"cannot create output folder {folder}: {error}")

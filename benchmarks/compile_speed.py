@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import GlowLike, training_step
+from common import GlowLike, add_size_options, training_step
 
 
 def measure(mode: str, size: int, depth: int, hidden: int, batch: int, repeats: int) -> dict:
@@ -66,11 +66,7 @@ def measure(mode: str, size: int, depth: int, hidden: int, batch: int, repeats: 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=10)
+    add_size_options(parser, size=32, depth=4, hidden=32, batch=4, repeats=10)
     parser.add_argument(
         "--modes", nargs="+", choices=["store", "invert"], default=["store", "invert"]
     )

@@ -40,7 +40,7 @@ from hybridflow.layers import ActNorm, AffineCoupling, InvConv1x1
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import GlowLike, gaussian_nll, write_csv
+from common import RESULTS, GlowLike, add_size_options, gaussian_nll, write_csv
 
 
 def make_model(
@@ -234,16 +234,13 @@ def deep_main(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--depths", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=2)
+    add_size_options(parser, size=32, depths=[8, 32], hidden=64, batch=2)
     parser.add_argument("--anchors", type=int, nargs="*", default=[8], help="anchor_every values")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--coupling-std", type=float, default=0.02, help="std of the conditioners' last layer"
     )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--deep", action="store_true", help="the drift guard's deep setting")
     parser.add_argument("--kinds", nargs="+", default=["images", "vectors"])
     parser.add_argument("--deep-depths", type=int, nargs="+", default=[64, 128, 256])

@@ -163,6 +163,8 @@ def report(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    import common
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument(
@@ -170,27 +172,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--depths", type=int, nargs="+", help="steps per scale (override preset)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(json.loads(args.child))
+    common.add_process_options(parser, timeout=3600, timeout_help="seconds per configuration")
+    args = common.parse_or_run_child(parser, argv, child)
+    if args is None:
         return []
     if args.depths is not None and min(args.depths) < 1:
         parser.error(f"--depths must be positive, got {args.depths}")
-    if not Path("/proc/self/clear_refs").exists():
-        parser.error("peak memory is read from /proc/self (Linux only)")
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        parser.error(f"cannot create output folder {args.out}: {error}")
-    from common import write_csv
-
+    common.require_peak_probe(parser)
+    common.create_out(parser, args.out)
     rows = run(args)
-    write_csv(rows, args.out / "glow_memory.csv")
+    common.write_csv(rows, args.out / "glow_memory.csv")
     print(report(rows))
     print(f"wrote {args.out / 'glow_memory.csv'}")
     return rows

@@ -1,9 +1,9 @@
 """Peak step memory and time of one hybrid graph under store, checkpoint and planned strategies.
 
-The graph: a convolutional summary network (autograd) turns an observation into a condition
-field for a conditional multiscale Glow (invertible: an ActNorm, the Glow, an affine
-coupling), whose latent is blurred by a linear operator (operator) and enters a loss (autograd)
-with the flow's log determinant. It runs under
+The graph (:func:`hybridflow.testing.graphs.hybrid_graph`): a convolutional summary network
+(autograd) turns an observation into a condition field for a conditional multiscale Glow
+(invertible: an ActNorm, the Glow, an affine coupling), whose latent is blurred by a linear
+operator (operator) and enters a loss (autograd) with the flow's log determinant. It runs under
 
 * ``store``: every segment stored (plain autograd);
 * ``checkpoint``: ``torch.utils.checkpoint`` on every segment;
@@ -39,10 +39,8 @@ def build(config: dict):  # type: ignore[no-untyped-def]
     import torch
     from torch import nn
 
-    from hybridflow.graph import BudgetError, Graph
-    from hybridflow.layers import ActNorm, AffineCoupling
-    from hybridflow.networks import Glow
-    from hybridflow.operators import Convolution
+    from hybridflow.graph import BudgetError
+    from hybridflow.testing.graphs import hybrid_graph
 
     torch.manual_seed(0)
     side, channels, cond = config["side"], config["channels"], config["cond"]
@@ -54,30 +52,18 @@ def build(config: dict):  # type: ignore[no-untyped-def]
         nn.GELU(),
         nn.Conv2d(hidden, cond, 3, padding=1),
     )
-    glow = Glow(
-        channels, levels=config["levels"], depth=config["depth"], hidden=hidden, cond_features=cond
-    )
-    kernel = torch.tensor([[0.0, 0.1, 0.0], [0.1, 0.6, 0.1], [0.0, 0.1, 0.0]])
-
-    def loss(z, logdet, blurred, data):
-        dims = z[0].numel()
-        misfit = 0.5 * (blurred - data).pow(2).flatten(1).sum(1)
-        return (misfit + 0.5 * z.pow(2).flatten(1).sum(1) - logdet).mean() / dims
-
-    graph = (
-        Graph()
-        .input("obs")
-        .input("x")
-        .input("data")
-        .autograd("summary", summary, "obs")
-        .invertible("pre", ActNorm(channels), "x")
-        .invertible("glow", glow, "pre", cond="summary")
-        .invertible(
-            "post", AffineCoupling(channels, hidden, cond, spatial_dims=2), "glow", cond="summary"
-        )
-        .operator("blur", Convolution(kernel, (channels, side, side)), "post")
-        .autograd("loss", loss, ["post", "post.logdet", "blur", "data"])
-        .output("loss")
+    graph, _ = hybrid_graph(
+        torch.float32,
+        config["batch"],
+        side,
+        hidden,
+        config["depth"],
+        summary=summary,
+        channels=channels,
+        levels=config["levels"],
+        cond=cond,
+        per_sample_loss=True,
+        perturb=False,
     )
     truth = torch.nn.functional.avg_pool2d(
         torch.randn(config["batch"], channels, side, side), 3, 1, 1
@@ -111,6 +97,8 @@ def child(config: dict) -> None:
     import torch
     from common import measure_peak, measure_time
 
+    from hybridflow.testing.graphs import kept_bytes
+
     torch.set_num_threads(config["threads"])
     model, batch = build(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -131,31 +119,10 @@ def child(config: dict) -> None:
     }
     if config["measure"] == "memory":
         result["peak_bytes"] = measure_peak(step)
-        result["kept_bytes"] = _kept_bytes(model, batch)
+        result["kept_bytes"] = kept_bytes(model, batch, warm_up=False)
     else:
         result["seconds"] = measure_time(step, config["timing_steps"])
     print(json.dumps({**config, **result}))
-
-
-def _kept_bytes(model, batch) -> int:  # type: ignore[no-untyped-def]
-    """Distinct storages saved for backward in one step (parameters and buffers left out)."""
-    import torch
-
-    excluded = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in excluded:
-            storages[storage.data_ptr()] = storage.nbytes()
-        # a detached alias: returning the tensor itself would tie a saved output to its own
-        # grad_fn (a reference cycle that outlives the graph when no backward runs)
-        return tensor.detach()
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(**batch)["loss"]
-    loss.backward()
-    return sum(storages.values())
 
 
 def report(rows: list[dict]) -> str:
@@ -178,6 +145,8 @@ def report(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    import common
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--side", type=int, default=64, help="image side (divisible by 2**levels)")
@@ -187,22 +156,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--depth", type=int, default=8, help="Glow steps per scale")
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--timing-steps", type=int, default=3)
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds per process")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(json.loads(args.child))
+    common.add_process_options(parser, timeout=1800)
+    args = common.parse_or_run_child(parser, argv, child)
+    if args is None:
         return []
     if args.side % 2**args.levels:
         parser.error(f"--side {args.side} must be divisible by 2**levels = {2**args.levels}")
-    if not Path("/proc/self/clear_refs").exists():
-        parser.error("peak memory is read from /proc/self (Linux only)")
-    from common import MEMORY_ENV, TIME_ENV, run_child, write_csv
-
-    args.out.mkdir(parents=True, exist_ok=True)
+    common.require_peak_probe(parser)
+    common.create_out(parser, args.out)
     base = {
         key: getattr(args, key)
         for key in ("side", "channels", "cond", "levels", "depth", "hidden", "batch", "threads")
@@ -211,13 +173,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for name in args.configs:
         config = {**base, "name": name}
-        memory = run_child(
-            Path(__file__), {**config, "measure": "memory"}, MEMORY_ENV, args.timeout
+        memory = common.run_child(
+            Path(__file__), {**config, "measure": "memory"}, common.MEMORY_ENV, args.timeout
         )
-        timing = run_child(Path(__file__), {**config, "measure": "time"}, TIME_ENV, args.timeout)
+        timing = common.run_child(
+            Path(__file__), {**config, "measure": "time"}, common.TIME_ENV, args.timeout
+        )
         rows.append({**memory, "seconds": timing["seconds"]})
         print(report(rows).splitlines()[-1], file=sys.stderr, flush=True)
-    path = write_csv(rows, args.out / "graph_memory.csv")
+    path = common.write_csv(rows, args.out / "graph_memory.csv")
     print(report(rows))
     print(f"wrote {path}")
     return rows

@@ -26,7 +26,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import MEMORY_ENV, GlowLike, gaussian_nll, measure_peak, run_child, write_csv
+from common import (
+    MEMORY_ENV,
+    GlowLike,
+    add_process_options,
+    add_size_options,
+    gaussian_nll,
+    measure_peak,
+    parse_or_run_child,
+    run_child,
+    write_csv,
+)
 
 from hybridflow.bench import saved_bytes
 
@@ -66,7 +76,8 @@ def times(size: int, depth: int, hidden: int, batch: int, rounds: int) -> dict[s
     return {c: statistics.median(v) for c, v in samples.items()}
 
 
-def child(config: dict) -> dict:
+def child(config: dict) -> None:
+    """Peak and kept bytes of one checked step of ``config`` in this fresh process; print JSON."""
     torch.set_num_threads(1)
     model = make(config["config"], config["size"], config["depth"], config["hidden"])
     model.flow._drift_guard.every = 1 if config["config"] != "off" else 0  # measure a checked step
@@ -74,22 +85,15 @@ def child(config: dict) -> dict:
     x = torch.randn(config["batch"], 3, config["size"], config["size"])
     peak = measure_peak(lambda: step(model, optimizer, x))
     kept = saved_bytes(lambda: model(x))
-    return {"peak": peak, "kept": kept}
+    print(json.dumps({"peak": peak, "kept": kept}))
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--depth", type=int, default=16)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+    add_size_options(parser, size=64, depth=16, hidden=64, batch=4, rounds=7)
+    add_process_options(parser)
+    args = parse_or_run_child(parser, argv, child)
+    if args is None:
         return []
     torch.set_num_threads(args.threads)
     seconds = times(args.size, args.depth, args.hidden, args.batch, args.rounds)

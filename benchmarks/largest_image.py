@@ -283,6 +283,8 @@ def describe(row: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, int]:
+    import common
+
     from hybridflow.graph import parse_bytes
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -300,22 +302,17 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     parser.add_argument(
         "--sides", type=int, nargs="+", help="try exactly these sides (no search), e.g. 1536"
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds per try")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(json.loads(args.child))
+    common.add_process_options(parser, timeout=3600, timeout_help="seconds per try")
+    args = common.parse_or_run_child(parser, argv, child)
+    if args is None:
         return {}
     budget = parse_bytes(args.budget, "--budget")
     if args.volume and not set(args.methods) <= set(VOLUME_METHODS):
         parser.error(f"--volume takes methods {VOLUME_METHODS}, got {args.methods}")
     if args.start % STEP or args.start < STEP:
         parser.error(f"--start must be a positive multiple of {STEP}, got {args.start}")
-    if not Path("/proc/self/clear_refs").exists():
-        parser.error("peak memory is read from /proc/self (Linux only)")
-    args.out.mkdir(parents=True, exist_ok=True)
+    common.require_peak_probe(parser)
+    common.create_out(parser, args.out)
     rows: list[dict] = []
     if args.sides:
         for method in args.methods:

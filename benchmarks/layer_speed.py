@@ -28,22 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 COUPLINGS = ("affine", "additive", "spline", "hint")
 KINDS = ("vectors", "images", "volumes")
-# Per input kind: batch, channels, spatial size, conditioner width, for each preset.
-PRESETS = {
-    "small": {
-        "vectors": {"batch": 256, "channels": 16, "size": 0, "hidden": 128},
-        "images": {"batch": 8, "channels": 8, "size": 16, "hidden": 32},
-        "volumes": {"batch": 2, "channels": 8, "size": 8, "hidden": 16},
-        "layers": 4,
-        "repeats": 15,
-    },
-    "reference": {
-        "vectors": {"batch": 1024, "channels": 64, "size": 0, "hidden": 512},
-        "images": {"batch": 16, "channels": 12, "size": 64, "hidden": 128},
-        "volumes": {"batch": 4, "channels": 8, "size": 32, "hidden": 32},
-        "layers": 8,
-        "repeats": 21,
-    },
+# Per preset: couplings per chain and timed steps per mode.
+PRESETS = {"small": {"layers": 4, "repeats": 15}, "reference": {"layers": 8, "repeats": 21}}
+# Per input kind and preset: batch, channels, spatial size, conditioner width.
+SIZE_FIELDS = ("batch", "channels", "size", "hidden")
+SIZES = {
+    "vectors": {"small": (256, 16, 0, 128), "reference": (1024, 64, 0, 512)},
+    "images": {"small": (8, 8, 16, 32), "reference": (16, 12, 64, 128)},
+    "volumes": {"small": (2, 8, 8, 16), "reference": (4, 8, 32, 32)},
 }
 TARGET_RATIO = 1.2
 
@@ -113,62 +105,59 @@ def child(config: dict) -> None:
     )
 
 
+def row_line(r: dict) -> str:
+    """One configuration's line of the table."""
+    spatial = {"vectors": 0, "images": 2, "volumes": 3}[r["kind"]]
+    shape = str((r["batch"], r["channels"], *[r["size"]] * spatial)).replace(" ", "")
+    flag = "" if r["ratio"] <= TARGET_RATIO else "  (above target)"
+    return (
+        f"{r['coupling']:>9} {r['kind']:>8} {shape:>22} {r['hidden']:>6} "
+        f"{r['store_ms_per_layer']:>14.3f} {r['invert_ms_per_layer']:>15.3f} "
+        f"{r['ratio']:>12.2f}{flag}"
+    )
+
+
 def report(rows: list[dict]) -> str:
-    lines = [
+    header = (
         f"{'coupling':>9} {'input':>8} {'shape':>22} {'hidden':>6} "
         f"{'store ms/layer':>14} {'invert ms/layer':>15} {'invert/store':>12}"
-    ]
-    for r in rows:
-        spatial = {"vectors": 0, "images": 2, "volumes": 3}[r["kind"]]
-        shape = str((r["batch"], r["channels"], *[r["size"]] * spatial)).replace(" ", "")
-        flag = "" if r["ratio"] <= TARGET_RATIO else "  (above target)"
-        lines.append(
-            f"{r['coupling']:>9} {r['kind']:>8} {shape:>22} {r['hidden']:>6} "
-            f"{r['store_ms_per_layer']:>14.3f} {r['invert_ms_per_layer']:>15.3f} "
-            f"{r['ratio']:>12.2f}{flag}"
-        )
-    return "\n".join(lines)
+    )
+    return "\n".join([header, *map(row_line, rows)])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    import common
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
     parser.add_argument("--couplings", nargs="+", choices=COUPLINGS, default=list(COUPLINGS))
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS))
     parser.add_argument("--layers", type=int, help="couplings per chain (override preset)")
     parser.add_argument("--repeats", type=int, help="timed steps per mode (override preset)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        child(json.loads(args.child))
+    common.add_process_options(parser)
+    args = common.parse_or_run_child(parser, argv, child)
+    if args is None:
         return []
-    from common import TIME_ENV, run_child, write_csv
-
     preset = PRESETS[args.preset]
     layers = args.layers or preset["layers"]
     repeats = args.repeats or preset["repeats"]
     if layers < 1 or repeats < 1:
         parser.error(f"--layers and --repeats must be positive, got {layers} and {repeats}")
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        parser.error(f"cannot create output folder {args.out}: {error}")
+    common.create_out(parser, args.out)
     rows = []
     for kind in args.kinds:
         for coupling in args.couplings:
             config = {
                 "coupling": coupling,
                 "kind": kind,
-                **preset[kind],
+                **dict(zip(SIZE_FIELDS, SIZES[kind][args.preset], strict=True)),
                 "layers": layers,
                 "repeats": repeats,
                 "threads": args.threads,
             }
-            rows.append(run_child(Path(__file__), config, TIME_ENV))
-            print(report(rows[-1:]).splitlines()[-1], file=sys.stderr)
-    write_csv(rows, args.out / "layer_speed.csv")
+            rows.append(common.run_child(Path(__file__), config, common.TIME_ENV))
+            print(row_line(rows[-1]), file=sys.stderr)
+    common.write_csv(rows, args.out / "layer_speed.csv")
     print(report(rows))
     above = [r for r in rows if r["ratio"] > TARGET_RATIO]
     print(

@@ -1,6 +1,7 @@
 """Peak step memory and time of a Glow-like training step versus depth and image size.
 
-A thin wrapper: the benchmark lives in :mod:`hybridflow.bench.memory_depth`, which
+A thin wrapper: the benchmark lives in :mod:`hybridflow.bench.memory_depth` and its flags in
+:mod:`hybridflow.cli.bench`, which
 ``hybridflow bench memory`` runs too; this script writes to ``benchmarks/results`` by default.
 
     python benchmarks/memory_depth.py --preset small        # a minute or two
@@ -9,7 +10,7 @@ A thin wrapper: the benchmark lives in :mod:`hybridflow.bench.memory_depth`, whi
 
 from __future__ import annotations
 
-from hybridflow.bench.memory_depth import main
+from hybridflow.cli.bench import main
 
 __all__ = ["main"]
 

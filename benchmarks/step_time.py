@@ -25,18 +25,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import GlowLike, training_step
+from common import GlowLike, add_size_options, training_step
 
 MODES = ("store", "invert", "checkpoint", "tiled")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--depths", type=int, nargs="+", default=[4, 16])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
+    add_size_options(parser, size=64, depths=[4, 16], batch=4, hidden=64, repeats=7)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES[:3]))
     parser.add_argument("--tile-size", type=int, default=128, help="tile edge of mode tiled")
     args = parser.parse_args(argv)

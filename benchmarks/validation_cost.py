@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import write_csv
+from common import add_size_options, write_csv
 
 from hybridflow.distributions import ConditionalFlow, coupling_flow
 from hybridflow.summary import MLP
@@ -80,10 +80,7 @@ def graph_breaks(features: int, hidden: int) -> dict[str, int]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--features", type=int, default=4)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=30)
+    add_size_options(parser, batch=256, features=4, hidden=64, repeats=30)
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args(argv)
     times = step_times(args.batch, args.features, args.hidden, args.repeats)

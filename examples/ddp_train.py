@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 import hybridflow as hf
+from hybridflow.io import atomic_torch_save
 from hybridflow.layers import ActNorm, AffineCoupling, InvConv1x1
-from hybridflow.serialization import atomic_torch_save
 
 PARAMETERS, OBSERVATIONS, SUMMARY = 4, 8, 6
 
@@ -82,9 +82,19 @@ def main(argv: list[str] | None = None) -> dict[str, Tensor]:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         dist.init_process_group("gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    if args.batch % (world * args.accumulate):
-        parser.error(f"--batch {args.batch} must divide into {world} ranks x {args.accumulate}")
+    try:
+        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        if args.batch % (world * args.accumulate):
+            parser.error(f"--batch {args.batch} must divide into {world} ranks x {args.accumulate}")
+        return train(args, rank, world, distributed)
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+def train(args: argparse.Namespace, rank: int, world: int, distributed: bool) -> dict[str, Tensor]:
+    """Train on this rank's shard of every global batch; return (and with ``--out`` save) the
+    final state_dict."""
     dtype = torch.float64 if args.float64 else torch.float32
 
     torch.manual_seed(args.seed)  # the same initial parameters on every rank
@@ -130,8 +140,6 @@ def main(argv: list[str] | None = None) -> dict[str, Tensor]:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(state, args.out / f"rank{rank}.pt")
-    if distributed:
-        dist.destroy_process_group()
     return state
 
 

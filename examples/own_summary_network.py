@@ -59,7 +59,7 @@ def simulate(num: int, draws: int, seed: int) -> tuple[Tensor, Tensor]:
 
 
 def main(
-    simulations: int = 4000, draws: int = 10, epochs: int = 10, seed: int = 0, verbose: bool = True
+    simulations: int = 4000, draws: int = 10, epochs: int = 20, seed: int = 0, verbose: bool = True
 ) -> dict[str, float]:
     """Train, save, load, sample; returns the errors of the posterior mean and standard
     deviation against the exact ones (the posterior is Gaussian: mean ``n xbar / (n + 0.25)``,
@@ -104,8 +104,8 @@ def main(
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--simulations", type=int, default=4000)
-    parser.add_argument("--draws", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=10)
-    args = parser.parse_args()
-    main(args.simulations, args.draws, args.epochs)
+    parser.add_argument("--simulations", type=int, default=4000, help="simulated (theta, x) pairs")
+    parser.add_argument("--draws", type=int, default=10, help="draws n in each observed set")
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    main(**vars(parser.parse_args()))  # each option is the keyword of main it names

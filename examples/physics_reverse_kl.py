@@ -153,12 +153,4 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=64, help="latent samples per step")
     parser.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    main(
-        steps=args.steps,
-        size=args.size,
-        depth=args.depth,
-        batch=args.batch,
-        lr=args.lr,
-        seed=args.seed,
-    )
+    main(**vars(parser.parse_args()))  # each option is the keyword of main it names

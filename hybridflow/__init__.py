@@ -26,8 +26,8 @@ from hybridflow.errors import (
     ReconstructionError,
 )
 from hybridflow.graph import BudgetError, Graph, GraphModule, Plan, Strategy
+from hybridflow.io import load, load_state_dict, save
 from hybridflow.operators import LinearOperator, Operator
-from hybridflow.serialization import load, load_state_dict, save
 
 __all__ = [
     "ArgumentError",

@@ -1,9 +1,9 @@
 """Old names that keep working for one release and warn once.
 
-Two kinds of rename happen: a public name moves (``LinearGaussian`` -> ``GaussianLinear``) and
-a keyword argument is renamed (``in_channels=`` -> ``features=``). Both warn with a
-``FutureWarning`` (shown to users by default, unlike ``DeprecationWarning``) the first time the
-old spelling is used in a process, naming the new one.
+Two kinds of rename happen: a public name moves (``LinearGaussian`` ->
+``LinearInverseProblem``) and a keyword argument is renamed (``in_channels=`` -> ``features=``).
+Both warn with a ``FutureWarning`` (shown to users by default, unlike ``DeprecationWarning``)
+the first time the old spelling is used in a process, naming the new one.
 
 >>> import warnings
 >>> @renamed_arguments(size="features")
@@ -20,13 +20,20 @@ build(size=...) is deprecated: pass features=... instead; the old name goes in t
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 from hybridflow.errors import ArgumentTypeError
 
-__all__ = ["module_aliases", "rename_keywords", "renamed_arguments", "warn_deprecated"]
+__all__ = [
+    "module_aliases",
+    "moved_names",
+    "rename_keywords",
+    "renamed_arguments",
+    "warn_deprecated",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 _warned: set[str] = set()
@@ -106,5 +113,22 @@ def module_aliases(module: str, aliases: Mapping[str, tuple[str, Callable[[], An
         new, load = aliases[name]
         warn_deprecated(f"{module}.{name}", f"use {module}.{new}")
         return load()
+
+    return __getattr__
+
+
+def moved_names(module: str, new_module: str, names: Collection[str]):
+    """A module ``__getattr__`` for names that moved, unrenamed, to ``new_module``: the old
+    spelling ``module.name`` returns ``new_module.name`` (the same object), warning once::
+
+        __getattr__ = moved_names(__name__, "hybridflow.io", ("save", "load"))
+    """
+    moved = frozenset(names)
+
+    def __getattr__(name: str) -> Any:
+        if name not in moved:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        warn_deprecated(f"{module}.{name}", f"use {new_module}.{name}")
+        return getattr(importlib.import_module(new_module), name)
 
     return __getattr__

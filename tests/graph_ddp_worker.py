@@ -1,8 +1,9 @@
 """Train a planned GraphModule under DistributedDataParallel (run by tests/test_graph_parallel.py).
 
-The graph: a summary network (autograd) conditions a Glow (invertible) whose latent is
-blurred by a linear operator; the loss (autograd) is a per-sample mean, so ``N`` ranks on
-shards of each batch compute what one process computes on the whole batch. Every rank draws
+The graph (:func:`hybridflow.testing.graphs.hybrid_graph` without its end nodes): a summary
+network (autograd) conditions a Glow (invertible) whose latent is blurred by a linear
+operator; the loss (autograd) is a per-sample mean, so ``N`` ranks on shards of each batch
+compute what one process computes on the whole batch. Every rank draws
 the same data and parameters from the seed. ``--strategy`` pins the Glow's node (``invert``
 with tiles and micro-batches, say), so the distributed step runs that path.
 
@@ -20,47 +21,16 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from hybridflow.graph import Graph, GraphModule, Strategy
-from hybridflow.layers import ActNorm
-from hybridflow.networks import Glow
-from hybridflow.operators import Convolution
-from hybridflow.serialization import atomic_torch_save
+from hybridflow.graph import GraphModule, Strategy
+from hybridflow.io import atomic_torch_save
+from hybridflow.testing.graphs import hybrid_graph
 
 SIDE, CHANNELS = 8, 2
 
 
 def build_graph(batch: int, strategy: Strategy | None, dtype: torch.dtype) -> GraphModule:
     """The graph with seeded, perturbed parameters (the same on every rank)."""
-    torch.manual_seed(0)
-    summary = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 2, 3, padding=1))
-    glow = Glow(CHANNELS, levels=2, depth=2, hidden=8, cond_features=2, seed=0)
-    blur = Convolution(
-        torch.tensor([[0.0, 0.1, 0.0], [0.1, 0.6, 0.1], [0.0, 0.1, 0.0]]),
-        in_shape=(CHANNELS, SIDE, SIDE),
-    )
-    modules = nn.ModuleList([summary, glow]).to(dtype)
-    with torch.no_grad():
-        for p in modules.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    for m in modules.modules():
-        if isinstance(m, ActNorm):
-            m.mark_initialized()
-
-    def loss(z, logdet, blurred, data):
-        misfit = 0.5 * (blurred - data).pow(2).flatten(1).sum(1)
-        return (misfit + 0.5 * z.pow(2).flatten(1).sum(1) - logdet).mean()
-
-    graph = (
-        Graph()
-        .input("obs")
-        .input("x")
-        .input("data")
-        .autograd("summary", summary, "obs")
-        .invertible("glow", glow, "x", cond="summary")
-        .operator("blur", blur, "glow")
-        .autograd("loss", loss, ["glow", "glow.logdet", "blur", "data"])
-        .output("loss")
-    )
+    graph, _ = hybrid_graph(dtype, side=SIDE, ends=False, per_sample_loss=True, seed=0)
     sample = data(batch, 0, dtype)
     return graph.build(sample, pin=None if strategy is None else {"glow": strategy})
 

@@ -1,11 +1,15 @@
-"""Builders shared by the tests: Glow-like chains and a scalar loss of a flow's output."""
+"""Builders shared by the tests: Glow-like chains, a small graph, a scalar loss of a flow's
+output, parameters moved away from their identity initialisation, and a trained CLI run."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 import hybridflow as hf
+from hybridflow.cli.main import main
 from hybridflow.layers import ActNorm, AffineCoupling, InvConv1x1, Squeeze
 
 
@@ -49,15 +53,53 @@ def glow_chain(
         width, depth, hidden, cond, spatial_dims
     )
     chain = hf.Chain(*layers, mode=mode, **kwargs)
-    with torch.no_grad():
-        for p in chain.parameters():
-            p.add_(perturb * torch.randn_like(p))
-        for m in chain.modules():
-            if isinstance(m, ActNorm):
-                m.mark_initialized()
+    perturb_parameters(chain, perturb)
     return chain
+
+
+def perturb_parameters(module: nn.Module, scale: float) -> None:
+    """Add ``scale`` times standard normal noise to every parameter (away from the identity
+    initialisation) and mark every ActNorm initialised (no data-dependent init on the first
+    call, which would undo the noise)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+    for m in module.modules():
+        if isinstance(m, ActNorm):
+            m.mark_initialized(True)
+
+
+def small_graph() -> hf.Graph:
+    """x (4 features) -> proj (autograd Linear) -> norm (ActNorm) -> coupling (AffineCoupling
+    conditioned on c, 2 features)."""
+    return (
+        hf.Graph()
+        .input("x")
+        .input("c")
+        .autograd("proj", nn.Linear(4, 4), "x")
+        .invertible("norm", ActNorm(4), "proj")
+        .invertible("coupling", AffineCoupling(4, hidden=8, cond_features=2), "norm", "c")
+        .output("coupling")
+    )
+
+
+def with_value(x: Tensor, index: tuple[int, ...], value: float) -> Tensor:
+    """A copy of ``x`` with ``value`` at ``index``."""
+    x = x.clone()
+    x[index] = value
+    return x
 
 
 def flow_loss(y: Tensor, logdet: Tensor) -> Tensor:
     """A loss that uses the output nonlinearly and the log determinant (Gaussian NLL + extra)."""
     return 0.5 * (y**2).sum() - logdet.sum() + torch.sin(y).sum()
+
+
+def train_from_recipe(folder: Path, recipe: str) -> Path:
+    """Write the TOML ``recipe`` to ``folder/recipe.toml``, run ``hybridflow train --quiet`` on it
+    (checking that it succeeds) and return its run folder, ``folder/run``."""
+    config = folder / "recipe.toml"
+    config.write_text(recipe)
+    out = folder / "run"
+    assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    return out

@@ -23,7 +23,7 @@ import torch
 import hybridflow as hf
 from hybridflow.cli.main import main
 from hybridflow.errors import ArgumentTypeError, CheckpointMismatch, FileFormatError, InputError
-from hybridflow.integrity import digest
+from hybridflow.io import digest
 from hybridflow.layers import ActNorm, AffineCoupling
 from hybridflow.sbi import (
     GaussianLinear,
@@ -35,7 +35,7 @@ from hybridflow.sbi import (
     save_checkpoint,
     simulate,
 )
-from hybridflow.sbi.training import restore_run, rng_state
+from hybridflow.sbi.training.state import restore_run, rng_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -581,7 +581,7 @@ def test_temporary_file_of_a_killed_write_is_removed_by_the_next_write(tmp_path:
     target = tmp_path / "run.pt"
     script = (
         "import os, signal, sys\n"
-        "from hybridflow.serialization import atomic_write\n"
+        "from hybridflow.io import atomic_write\n"
         "def die(file):\n"
         "    file.write(b'half of a checkpoint')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -668,7 +668,23 @@ def _observations(tmp_path: Path, value: object) -> None:
 
 
 TRAIN = ["train", "--config", "{tmp}/tiny.toml", "--quiet"]
+RESUME = [*TRAIN, "--out", "{tmp}/run", "--resume"]
 SAMPLE = ["sample", "--model", "{tmp}/run/model.pt", "--out", "{tmp}/new/samples.pt"]
+OBSERVED = [*SAMPLE, "--observations", "{tmp}/x.pt"]
+
+# A spoiled file: how it is spoiled and what the command must say of it.
+SPOILS = {
+    "crafted": (_crafted, "is refused"),
+    "truncated": (_truncate, "is truncated"),
+    "flipped-bit": (_flip_bit, "checksum mismatch"),
+    "empty": (_empty, "is empty"),
+}
+# (case, argv, what the message says first, the file the command reads, the spoils tried on it)
+SPOILED_FILES = [
+    ("cli-resume", RESUME, "cannot resume: .*", "run/checkpoint.pt", ("flipped-bit", "empty")),
+    ("cli-sample-model", SAMPLE, "", "run/model.pt", ("crafted", "truncated", "flipped-bit")),
+    ("cli-sample-observations", OBSERVED, "", "x.pt", ("crafted", "empty")),
+]
 
 # (prepare the folder, argv, what the message must say, the file it must name)
 CLI_CASES = [
@@ -681,45 +697,10 @@ CLI_CASES = [
     ),
     pytest.param(
         lambda t: _recipe(t, ("hidden = 8\n\n[summary]", "hidden = 12\n\n[summary]")),
-        [*TRAIN, "--out", "{tmp}/run", "--resume"],
+        RESUME,
         "cannot resume: .*shape mismatches",
         "run/checkpoint.pt",
         id="cli-resume-edited-flow",
-    ),
-    pytest.param(
-        lambda t: _flip_bit(t / "run" / "checkpoint.pt"),
-        [*TRAIN, "--out", "{tmp}/run", "--resume"],
-        "cannot resume: .*checksum mismatch",
-        "run/checkpoint.pt",
-        id="cli-resume-flipped-bit",
-    ),
-    pytest.param(
-        lambda t: _empty(t / "run" / "checkpoint.pt"),
-        [*TRAIN, "--out", "{tmp}/run", "--resume"],
-        "cannot resume: .*is empty",
-        "run/checkpoint.pt",
-        id="cli-resume-empty-checkpoint",
-    ),
-    pytest.param(
-        lambda t: _crafted(t / "run" / "model.pt"),
-        SAMPLE,
-        "is refused",
-        "run/model.pt",
-        id="cli-sample-crafted-model",
-    ),
-    pytest.param(
-        lambda t: _truncate(t / "run" / "model.pt"),
-        SAMPLE,
-        "is truncated",
-        "run/model.pt",
-        id="cli-sample-truncated-model",
-    ),
-    pytest.param(
-        lambda t: _flip_bit(t / "run" / "model.pt"),
-        SAMPLE,
-        "checksum mismatch",
-        "run/model.pt",
-        id="cli-sample-flipped-bit",
     ),
     pytest.param(
         lambda t: None,
@@ -730,24 +711,21 @@ CLI_CASES = [
     ),
     pytest.param(
         lambda t: _observations(t, torch.zeros(3, 5)),
-        [*SAMPLE, "--observations", "{tmp}/x.pt"],
+        OBSERVED,
         r"shape \(3, 5\) .* observation_shape",
         None,
         id="cli-sample-wrong-observation-shape",
     ),
-    pytest.param(
-        lambda t: _crafted(t / "x.pt"),
-        [*SAMPLE, "--observations", "{tmp}/x.pt"],
-        "is refused",
-        "x.pt",
-        id="cli-sample-crafted-observations",
-    ),
-    pytest.param(
-        lambda t: _empty(t / "x.pt"),
-        [*SAMPLE, "--observations", "{tmp}/x.pt"],
-        "is empty",
-        "x.pt",
-        id="cli-sample-empty-observations",
+    *(
+        pytest.param(
+            lambda t, spoil=SPOILS[kind][0], name=name: spoil(t / name),
+            argv,
+            prefix + SPOILS[kind][1],
+            name,
+            id=f"{case}-{kind}",
+        )
+        for case, argv, prefix, name, kinds in SPOILED_FILES
+        for kind in kinds
     ),
 ]
 

@@ -4,11 +4,13 @@ no parameter or optimizer state; the ``validate`` switch governs the data-depend
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import torch
+from helpers import small_graph, with_value
 from torch import Tensor, nn
 
 import hybridflow as hf
@@ -75,17 +77,8 @@ def _graph(bad: Callable[[nn.Module], object]) -> Callable[[], Model]:
     """x -> proj (autograd Linear) -> norm (ActNorm) -> coupling (AffineCoupling on c)."""
 
     def make() -> Model:
-        graph = (
-            hf.Graph()
-            .input("x")
-            .input("c")
-            .autograd("proj", nn.Linear(4, 4), "x")
-            .invertible("norm", ActNorm(4), "proj")
-            .invertible("coupling", AffineCoupling(4, hidden=8, cond_features=2), "norm", "c")
-            .output("coupling")
-        )
         sample = {"x": torch.randn(8, 4), "c": torch.randn(8, 2)}
-        model = graph.build(sample)
+        model = small_graph().build(sample)
         return Model(model, lambda: model(**sample)["coupling"].square().mean(), lambda: bad(model))
 
     return make
@@ -109,12 +102,6 @@ def _flow(bad: Callable[[Flow], object]) -> Callable[[], Model]:
         return Model(flow, lambda: -flow().log_prob(theta).mean(), lambda: bad(flow))
 
     return make
-
-
-def _with(x: Tensor, index: tuple[int, ...], value: float) -> Tensor:
-    x = x.clone()
-    x[index] = value
-    return x
 
 
 _C = torch.randn(8, 2)
@@ -151,17 +138,17 @@ _INPUTS: dict[str, tuple[Callable[[], Model], type[Exception], str]] = {
         r"^Chain layer 0 \(ActNorm\): empty batch",
     ),
     "NaN into inverse": (
-        _chain(lambda m: m.inverse(_with(torch.randn(8, 4), (1, 2), float("nan")), _C)),
+        _chain(lambda m: m.inverse(with_value(torch.randn(8, 4), (1, 2), float("nan")), _C)),
         InputError,
         r"^Chain layer 5 \(AffineCoupling\): inverse input has 1 NaN/Inf value",
     ),
     "Inf into forward": (
-        _chain(lambda m: m(_with(torch.randn(8, 4), (0, 0), float("inf")), _C)),
+        _chain(lambda m: m(with_value(torch.randn(8, 4), (0, 0), float("inf")), _C)),
         InputError,
         r"^Chain layer 0 \(ActNorm\): input has 1 NaN/Inf value",
     ),
     "NaN condition": (
-        _chain(lambda m: m(torch.randn(8, 4), _with(_C, (3, 1), float("nan")))),
+        _chain(lambda m: m(torch.randn(8, 4), with_value(_C, (3, 1), float("nan")))),
         InputError,
         r"^Chain layer 0 \(ActNorm\): condition has 1 NaN/Inf value",
     ),
@@ -212,7 +199,9 @@ _INPUTS: dict[str, tuple[Callable[[], Model], type[Exception], str]] = {
         r"^ActNorm: input is torch.float64 but the parameters are torch.float32",
     ),
     "InvConv1x1 NaN into inverse": (
-        _layer(InvConv1x1(4), lambda m: m.inverse(_with(torch.randn(8, 4), (0, 1), float("nan")))),
+        _layer(
+            InvConv1x1(4), lambda m: m.inverse(with_value(torch.randn(8, 4), (0, 1), float("nan")))
+        ),
         InputError,
         r"^InvConv1x1.inverse: input has 1 NaN/Inf value",
     ),
@@ -261,7 +250,7 @@ _INPUTS: dict[str, tuple[Callable[[], Model], type[Exception], str]] = {
         r"^Graph input 'x': empty batch",
     ),
     "graph input NaN": (
-        _graph(lambda m: m(x=_with(torch.randn(8, 4), (2, 2), float("nan")), c=_C)),
+        _graph(lambda m: m(x=with_value(torch.randn(8, 4), (2, 2), float("nan")), c=_C)),
         InputError,
         r"^Graph input 'x': input has 1 NaN/Inf value",
     ),
@@ -277,7 +266,7 @@ _INPUTS: dict[str, tuple[Callable[[], Model], type[Exception], str]] = {
         r"^ConditionalFlow: observation of shape \(8, 6\) does not match observation_shape",
     ),
     "observation NaN": (
-        _conditional(lambda m: m(_with(torch.randn(8, 5), (0, 0), float("nan")))),
+        _conditional(lambda m: m(with_value(torch.randn(8, 5), (0, 0), float("nan")))),
         InputError,
         r"^ConditionalFlow: the observation has 1 NaN/Inf value",
     ),
@@ -446,30 +435,6 @@ _ARGUMENTS: dict[str, tuple[Callable[[], object], type[Exception], str, str]] = 
         "validate",
         "ConditionalFlow",
     ),
-    "NPEConfig batch_size=0": (
-        lambda: NPEConfig(batch_size=0),
-        ArgumentError,
-        "batch_size",
-        "NPEConfig",
-    ),
-    "NPEConfig learning_rate='1e-3'": (
-        lambda: NPEConfig(learning_rate="1e-3"),
-        ArgumentTypeError,
-        "learning_rate",
-        "NPEConfig",
-    ),
-    "NPEConfig progress=1": (
-        lambda: NPEConfig(progress=1),
-        ArgumentTypeError,
-        "progress",
-        "NPEConfig",
-    ),
-    "ReverseKLConfig schedule": (
-        lambda: ReverseKLConfig(schedule="plateau"),
-        ArgumentError,
-        "schedule",
-        "ReverseKLConfig",
-    ),
     "set_validation('no')": (
         lambda: hf.set_validation("no"),
         ArgumentTypeError,
@@ -477,6 +442,24 @@ _ARGUMENTS: dict[str, tuple[Callable[[], object], type[Exception], str, str]] = 
         "set_validation",
     ),
 }
+# A training config given one bad keyword: (the config, the keyword, its value, the error).
+_CONFIG_KEYWORDS = [
+    (NPEConfig, "batch_size", 0, ArgumentError),
+    (NPEConfig, "learning_rate", "1e-3", ArgumentTypeError),
+    (NPEConfig, "progress", 1, ArgumentTypeError),
+    (ReverseKLConfig, "schedule", "plateau", ArgumentError),
+]
+_ARGUMENTS.update(
+    {
+        f"{config.__name__} {name}={value!r}": (
+            functools.partial(config, **{name: value}),
+            error,
+            name,
+            config.__name__,
+        )
+        for config, name, value, error in _CONFIG_KEYWORDS
+    }
+)
 
 
 @pytest.mark.parametrize("case", list(_ARGUMENTS))

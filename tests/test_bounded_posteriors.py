@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import perturb_parameters
 from torch.distributions import (
     Dirichlet,
     Exponential,
@@ -18,20 +19,10 @@ from torch.distributions import (
 
 import hybridflow as hf
 from hybridflow.distributions import ConditionalFlow, Flow, coupling_flow, support_bounds
-from hybridflow.layers import ActNorm, Bounded
+from hybridflow.layers import Bounded
 from hybridflow.sbi import NPEConfig, NPETrainer, TwoMoons, rejection_sample, simulate
 
 INF = math.inf
-
-
-def _randomize(module: torch.nn.Module) -> None:
-    """Parameters away from the identity; ActNorm's data-dependent init marked done."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    for m in module.modules():
-        if isinstance(m, ActNorm):
-            m.mark_initialized(True)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +34,7 @@ def test_bounded_flow_density_integrates_to_one_on_the_support(float64, lower, u
     torch.manual_seed(0)
     chain = coupling_flow(1, depth=2, hidden=8, support=(lower, upper))
     assert isinstance(chain[0], Bounded)
-    _randomize(chain)
+    perturb_parameters(chain, 0.3)
     dist = Flow(chain, event_shape=(1,))()
     edges = torch.linspace(*grid, 200_001)[1:-1, None]
     with torch.no_grad():

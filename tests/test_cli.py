@@ -13,13 +13,13 @@ import pytest
 import torch
 
 import hybridflow as hf
-from hybridflow.bench import memory_depth
+from hybridflow.cli import bench as memory_depth  # the benchmark's command line
 from hybridflow.cli.errors import UsageError
 from hybridflow.cli.main import main
 from hybridflow.cli.outputs import check_output_folder
 from hybridflow.cli.recipe import build_flow, build_task, check_recipe, load_recipe
 from hybridflow.distributions import ConditionalFlow
-from hybridflow.sbi import NPETrainer
+from hybridflow.sbi.training.npe_objective import NPEObjective
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -319,7 +319,7 @@ def test_train_writes_model_and_resume_equals_an_uninterrupted_run(tmp_path, cap
     assert (straight / "training_curve.png").read_bytes()[:8] == PNG
 
     # interrupted (Ctrl-C) during the second epoch, then resumed: the same losses and weights
-    original = NPETrainer._epoch
+    original = NPEObjective.train_unit  # one epoch
     calls = []
 
     def interrupted(self, *args, **kwargs):
@@ -330,7 +330,7 @@ def test_train_writes_model_and_resume_equals_an_uninterrupted_run(tmp_path, cap
 
     argv = ["train", "--config", str(config), "--out", str(split), "--quiet"]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(NPETrainer, "_epoch", interrupted)
+        patch.setattr(NPEObjective, "train_unit", interrupted)
         assert main(argv) == 130
     assert "interrupted" in capsys.readouterr().err
     assert sorted(p.name for p in split.iterdir()) == ["checkpoint.pt"]  # whole files only
@@ -467,7 +467,7 @@ def test_image_posterior_figure_without_truth_or_mask(tmp_path, channels) -> Non
 def test_atomic_outputs_get_ordinary_permissions_and_leave_no_temporary_files(tmp_path) -> None:
     import os
 
-    from hybridflow.cli.outputs import write_text
+    from hybridflow.io import write_text
 
     umask = os.umask(0o022)
     os.umask(umask)

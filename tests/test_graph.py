@@ -15,67 +15,14 @@ import pytest
 import torch
 from torch import nn
 
+from hybridflow.autograd import Chain
 from hybridflow.graph import Graph, GraphModule, Strategy
 from hybridflow.layers import ActNorm, AffineCoupling, InvConv1x1
-from hybridflow.networks import Glow
 from hybridflow.operators import Convolution, Operator
+from hybridflow.testing.graphs import hybrid_graph
 
 FLOW = ("pre", "glow", "post")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "graph.md"
-
-
-def hybrid_graph(
-    dtype: torch.dtype = torch.float64,
-    batch: int = 4,
-    side: int = 8,
-    hidden: int = 8,
-    depth: int = 2,
-    seed: int = 0,
-) -> tuple[Graph, dict[str, torch.Tensor]]:
-    """A summary network (autograd) conditioning a multiscale Glow between two more invertible
-    nodes, a blur (linear operator) of the latent, and a loss (autograd) using the latent, its
-    log determinant and the blurred latent. Parameters are perturbed away from the identity
-    initialisation and ActNorms marked initialised, so that nothing hides a mistake."""
-    torch.manual_seed(seed)
-    channels = 2
-    summary = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.GELU(), nn.Conv2d(8, 2, 3, padding=1))
-    pre = ActNorm(channels)
-    glow = Glow(channels, levels=2, depth=depth, hidden=hidden, cond_features=2, seed=seed)
-    post = AffineCoupling(channels, hidden=hidden, cond_features=2, spatial_dims=2)
-    kernel = torch.tensor([[0.0, 0.1, 0.0], [0.1, 0.6, 0.1], [0.0, 0.1, 0.0]])
-    blur = Convolution(kernel, in_shape=(channels, side, side))
-    modules = nn.ModuleList([summary, pre, glow, post]).to(dtype)
-    with torch.no_grad():
-        for p in modules.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    for m in modules.modules():
-        if isinstance(m, ActNorm):
-            m.mark_initialized()
-
-    def loss(z, logdet, blurred, data):
-        misfit = 0.5 * (blurred - data).pow(2).flatten(1).sum(1)
-        return (misfit + 0.5 * z.pow(2).flatten(1).sum(1) - logdet).mean() + torch.sin(z).sum()
-
-    graph = (
-        Graph()
-        .input("obs")
-        .input("x")
-        .input("data")
-        .autograd("summary", summary, "obs")
-        .invertible("pre", pre, "x")
-        .invertible("glow", glow, "pre", cond="summary")
-        .invertible("post", post, "glow", cond="summary")
-        .operator("blur", blur, "post")
-        .autograd("loss", loss, ["post", "post.logdet", "blur", "data"])
-        .output("loss")
-        .output("post", "z")
-    )
-    sample = {
-        "obs": torch.randn(batch, 1, side, side, dtype=dtype),
-        "x": torch.randn(batch, channels, side, side, dtype=dtype),
-        "data": torch.randn(batch, channels, side, side, dtype=dtype),
-    }
-    return graph, sample
 
 
 def step(model: nn.Module, sample: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -220,6 +167,42 @@ def test_build_leaves_state_and_random_numbers_alone():
     assert norm.is_initialized
     z = norm(x)[0]
     torch.testing.assert_close(z.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+
+
+def _plain_attributes(chain: Chain) -> dict[str, object]:
+    """A chain's attributes other than its submodules, parameters, buffers and drift guard
+    (which counts calls)."""
+    skip = {"_modules", "_parameters", "_buffers", "_drift_guard"}
+    return {k: v for k, v in vars(chain).items() if k not in skip}
+
+
+@pytest.mark.parametrize(("own", "planned"), [("store", "invert"), ("invert", "store")])
+def test_graph_runs_nested_chains_in_the_plan_mode_without_changing_them(own, planned):
+    torch.manual_seed(0)
+    inner = Chain(ActNorm(4), AffineCoupling(4, hidden=8), mode=own, name="inner")
+    inner[0].mark_initialized()
+    chain = Chain(inner, InvConv1x1(4), mode=own)
+    chains = [chain, inner]
+    attributes = [_plain_attributes(c) for c in chains]
+    graph = (
+        Graph()
+        .input("x")
+        .invertible("flow", chain, "x")
+        .autograd("loss", lambda z, ld: (z.pow(2).sum(1) - ld).sum(), ["flow", "flow.logdet"])
+        .output("loss")
+    )
+    x = torch.randn(8, 4)
+    model = graph.build({"x": x}, pin={"flow": planned})  # profiled and planned
+    state = {k: v.clone() for k, v in chain.state_dict().items()}
+    calls = []
+    inner[1].conditioner.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    model(x=x.clone().requires_grad_(True))["loss"].backward()
+    # a reconstructed chain re-runs its coupling's conditioner in backward: twice per step
+    assert len(calls) == (2 if planned == "invert" else 1)
+    assert [c.mode for c in chains] == [own, own]
+    assert [_plain_attributes(c) for c in chains] == attributes
+    after = chain.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items())
 
 
 def test_build_keeps_no_autograd_graph_alive():

@@ -11,10 +11,11 @@ import math
 
 import pytest
 import torch
+from helpers import perturb_parameters
 from torch import Tensor, nn
 
 import hybridflow as hf
-from hybridflow.layers import ActNorm, AffineCoupling, HINTCoupling, ResizeCondition
+from hybridflow.layers import AffineCoupling, HINTCoupling, ResizeCondition
 from hybridflow.networks import HINT, Glow
 
 
@@ -84,12 +85,7 @@ def _twin_networks(build):
     torch.manual_seed(0)
     store = build("store")
     invert = build("invert")
-    with torch.no_grad():
-        for p in store.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-        for m in store.modules():
-            if isinstance(m, ActNorm):
-                m.mark_initialized(True)
+    perturb_parameters(store, 0.05)
     invert.load_state_dict(store.state_dict())
     return store, invert
 
@@ -171,7 +167,9 @@ def test_hint_keeps_only_output_and_condition_whatever_depth_and_recursion():
         assert _saved_bytes(flow, x, cond) == kept
 
 
-def test_every_glow_coupling_is_reconstructed_once_per_backward(monkeypatch):
+def _reconstructions(monkeypatch) -> list[int]:
+    """The ids of the AffineCouplings whose ``reconstruct_vjp`` runs, in call order (filled as
+    backward passes run)."""
     calls = []
     original = AffineCoupling.reconstruct_vjp
 
@@ -180,6 +178,11 @@ def test_every_glow_coupling_is_reconstructed_once_per_backward(monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(AffineCoupling, "reconstruct_vjp", counting)
+    return calls
+
+
+def test_every_glow_coupling_is_reconstructed_once_per_backward(monkeypatch):
+    calls = _reconstructions(monkeypatch)
     flow = Glow(1, levels=3, depth=2, hidden=8)
     z, logdet = flow(torch.randn(2, 1, 16, 16))
     assert calls == []
@@ -189,14 +192,7 @@ def test_every_glow_coupling_is_reconstructed_once_per_backward(monkeypatch):
 
 
 def test_hint_sub_couplings_are_reconstructed_once_per_backward(monkeypatch):
-    calls = []
-    original = AffineCoupling.reconstruct_vjp
-
-    def counting(self, *args, **kwargs):
-        calls.append(id(self))
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(AffineCoupling, "reconstruct_vjp", counting)
+    calls = _reconstructions(monkeypatch)
     flow = HINT(8, depth=3, recursion=3, hidden=8)
     z, logdet = flow(torch.randn(4, 8))
     nll(z, logdet).backward()

@@ -7,37 +7,22 @@ import math
 
 import pytest
 import torch
-from test_graph import FLOW, hybrid_graph, step
+from test_graph import FLOW, step
 from torch import nn
 
-from hybridflow.graph import BudgetError, Graph, Strategy, format_bytes, parse_bytes
+import hybridflow as hf
+from hybridflow.graph import Budget, BudgetError, Graph, Strategy, format_bytes, parse_bytes
 from hybridflow.graph import planner as planner_module
 from hybridflow.layers import ActNorm, AffineCoupling, InvConv1x1
+from hybridflow.testing.graphs import hybrid_graph
+from hybridflow.testing.graphs import kept_bytes as graph_kept_bytes
 
 
 def kept_bytes(model: nn.Module, sample: dict[str, torch.Tensor], warm_up: bool = True) -> int:
-    """Bytes of the distinct storages autograd keeps for backward during one forward pass
-    (parameters and buffers left out), counted with saved-tensor hooks; then backward."""
-    excluded = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in excluded:
-            storages[storage.data_ptr()] = storage.nbytes()
-        # a detached alias: returning the tensor itself would tie a saved output to its own
-        # grad_fn (a reference cycle that outlives the graph when no backward runs)
-        return tensor.detach()
-
+    """Bytes kept for backward by one forward pass of ``model`` on ``sample`` (inputs other
+    than ``data`` requiring grad), then backward (:func:`hybridflow.testing.graphs.kept_bytes`)."""
     inputs = {k: v.clone().requires_grad_(k != "data") for k, v in sample.items()}
-    # a chain's first differentiable call is checked by the drift guard, which keeps a few
-    # numbers per sample and layer (counted in test_guard.py): count an unchecked call
-    if warm_up:
-        model(**inputs)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(**inputs)["loss"]
-    loss.backward()
-    return sum(storages.values())
+    return graph_kept_bytes(model, inputs, warm_up)
 
 
 @pytest.fixture(scope="module")
@@ -342,3 +327,51 @@ def test_parse_bytes_refuses_nonsense(bad):
         parse_bytes(bad)
     with pytest.raises(TypeError):
         parse_bytes([512])
+
+
+class _GenericScale(hf.InvertibleModule):
+    """``y = x * exp(s)``, reconstructed by the generic rule (no hand-written one)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(0.1 * torch.randn(features))
+
+    def forward(self, x, cond=None):
+        return x * self.log_scale.exp(), self.log_scale.sum().expand(x.shape[0])
+
+    def inverse(self, y, cond=None):
+        return y * (-self.log_scale).exp(), -self.log_scale.sum().expand(y.shape[0])
+
+
+@pytest.mark.parametrize(
+    ("layers", "passes"),
+    [
+        (lambda: [_GenericScale(4), _GenericScale(4)], 2),  # a chain of generic-rule layers
+        (lambda: [InvConv1x1(4), _GenericScale(4)], 2),  # one generic layer is enough
+        (lambda: [InvConv1x1(4), AffineCoupling(4, hidden=8)], 1),  # hand-written rules
+    ],
+)
+def test_reconstruction_cost_counts_the_rule_of_the_leaf_layers(layers, passes):
+    torch.manual_seed(0)
+    graph = (
+        Graph()
+        .input("x")
+        .invertible("flow", hf.Chain(*layers()), "x")
+        .autograd("loss", lambda z, ld: (z.pow(2).sum(1) - ld).sum(), ["flow", "flow.logdet"])
+        .output("loss")
+    )
+    model = graph.build({"x": torch.randn(8, 4)}, cost="flops")
+    node = model.profile.nodes["flow"]
+    assert node.generic_rule is (passes == 2)
+    plan = model.plan(pin={"flow": "invert"})
+    assert plan.segments[0].extra_cost == pytest.approx(passes * node.cost)
+    assert hf.Chain(hf.Chain(*layers())).uses_generic_rule is (passes == 2)
+
+
+def test_budget_accepts_the_argument_forms_of_plan():
+    assert Budget.parse(None).flat and Budget.parse(None).bound == math.inf
+    assert Budget.parse("2GiB") == Budget(2 * 2**30) == Budget.parse(Budget(2 * 2**30))
+    assert Budget.parse("unlimited").limit == math.inf and not Budget.parse(math.inf).flat
+    assert Budget.parse(1000).fits(1000) and not Budget.parse(1000).fits(1001)
+    with pytest.raises(ValueError, match="memory_budget"):
+        Budget.parse("12 parsecs")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import train_from_recipe
 
 from hybridflow.cli.main import main
 from hybridflow.distributions import ConditionalFlow, Flow, coupling_flow
@@ -61,14 +62,12 @@ def test_unbatched_observation_without_observation_shape_says_what_to_pass() -> 
 
 
 def test_cli_trains_and_samples_a_one_parameter_task(tmp_path, capsys) -> None:
-    config = tmp_path / "one.toml"
-    config.write_text(
+    out = train_from_recipe(
+        tmp_path,
         '[task]\nname = "gaussian_linear"\ndim = 1\n[simulations]\ncount = 128\n'
         "[flow]\ndepth = 1\nhidden = 8\n[summary]\nfeatures = 2\nhidden = 8\ndepth = 1\n"
-        '[training]\nmax_epochs = 1\nbatch_size = 64\nschedule = "constant"\npatience = false\n'
+        '[training]\nmax_epochs = 1\nbatch_size = 64\nschedule = "constant"\npatience = false\n',
     )
-    out = tmp_path / "run"
-    assert main(["train", "--config", str(config), "--out", str(out), "--quiet"]) == 0
     model = out / "model.pt"
     assert model.is_file()
     args = ["sample", "--model", str(model), "--out", str(tmp_path / "s.pt"), "--num", "50"]

@@ -21,7 +21,7 @@ from hybridflow.sbi import (
     DigitsInverseProblem,
     GaussianLinear,
     LeakageWarning,
-    LinearGaussian,
+    LinearInverseProblem,
     NonFiniteSimulationWarning,
     NPEConfig,
     NPETrainer,
@@ -41,6 +41,17 @@ from hybridflow.sbi import (
 from hybridflow.summary import Standardize
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _posterior_checks(task, flow: ConditionalFlow):
+    """For observations 0 and 1 of ``task``: the index, the observation, 4000 draws of the
+    flow's posterior and their moment errors against the task's exact posterior."""
+    for index in (0, 1):
+        _, x_o = task.observation(index)
+        with torch.no_grad():
+            samples = flow(x_o).sample((4000,))
+        mean, covariance = task.posterior_moments(x_o[None])
+        yield index, x_o, samples, moment_errors(samples, mean[0], covariance)
 
 
 def _vector_flow(task, data, depth: int = 3, hidden: int = 64, **kwargs) -> ConditionalFlow:
@@ -96,7 +107,7 @@ def test_linear_gaussian_posterior_is_stationary_for_the_log_joint() -> None:
     computed through the blur operator's hand-written adjoint; the covariance must be minus
     the inverse Hessian."""
     kernel = torch.tensor([0.25, 0.5, 0.25], dtype=torch.float64)
-    task = LinearGaussian(
+    task = LinearInverseProblem(
         Convolution(kernel, in_shape=(6,), boundary="zero"), 1.0, 0.2, torch.float64
     )
     _, x_o = task.observation(0)
@@ -172,12 +183,7 @@ def test_npe_gaussian_linear_matches_the_analytic_posterior() -> None:
     config = NPEConfig(max_epochs=6, batch_size=512, learning_rate=2e-3, schedule="cosine")
     history = NPETrainer(flow, config).fit(data.theta, data.x)
     assert history.validation_loss[-1] < history.validation_loss[0]
-    for index in (0, 1):
-        _, x_o = task.observation(index)
-        with torch.no_grad():
-            samples = flow(x_o).sample((4000,))
-        mean, covariance = task.posterior_moments(x_o[None])
-        errors = moment_errors(samples, mean[0], covariance)
+    for index, x_o, samples, errors in _posterior_checks(task, flow):
         assert errors.mean_error < 0.4, errors
         assert errors.std_error < 0.15, errors
         assert errors.covariance_error < 0.2, errors
@@ -296,7 +302,7 @@ def test_checkpoints_never_unpickle_objects(tmp_path: Path) -> None:
 
 
 def test_reverse_kl_resumes_exactly(tmp_path: Path) -> None:
-    task = LinearGaussian(Convolution(torch.tensor([0.3, 0.4, 0.3]), in_shape=(4,)), 1.0, 0.3)
+    task = LinearInverseProblem(Convolution(torch.tensor([0.3, 0.4, 0.3]), in_shape=(4,)), 1.0, 0.3)
     config = ReverseKLConfig(steps=12, batch_size=8, num_samples=2, checkpoint_every=4)
 
     def flow() -> ConditionalFlow:
@@ -327,19 +333,14 @@ def test_reverse_kl_learns_a_deblurring_posterior() -> None:
     likelihood through the operator's adjoint; compared with the closed-form posterior."""
     torch.manual_seed(0)
     kernel = torch.tensor([0.25, 0.5, 0.25])
-    task = LinearGaussian(Convolution(kernel, in_shape=(6,), boundary="zero"), 1.0, 0.3)
+    task = LinearInverseProblem(Convolution(kernel, in_shape=(6,), boundary="zero"), 1.0, 0.3)
     flow = ConditionalFlow(
         coupling_flow(6, 6, depth=3, hidden=64), event_shape=(6,), observation_shape=(6,)
     )
     config = ReverseKLConfig(steps=600, batch_size=64, num_samples=4, learning_rate=2e-3)
     history = ReverseKLTrainer(flow, task, config).fit()
     assert sum(history.loss[-50:]) / 50 < sum(history.loss[:50]) / 50
-    for index in (0, 1):
-        _, x_o = task.observation(index)
-        with torch.no_grad():
-            samples = flow(x_o).sample((4000,))
-        mean, covariance = task.posterior_moments(x_o[None])
-        errors = moment_errors(samples, mean[0], covariance)
+    for _, _, _, errors in _posterior_checks(task, flow):
         # Reverse KL fits a Gaussian posterior from the likelihood alone; tolerances as in the
         # NPE test (a 0.4-standard-deviation mean error alone means a C2ST of 0.58).
         assert errors.mean_error < 0.4, errors

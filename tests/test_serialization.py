@@ -15,7 +15,7 @@ from torch import nn
 
 import hybridflow as hf
 from hybridflow.config import from_config, get_config
-from hybridflow.integrity import digest
+from hybridflow.io import digest
 from hybridflow.layers import ActNorm, AffineCoupling, InvConv1x1, Squeeze
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -62,10 +62,10 @@ SPATIAL = {1: ((19,), [4, 1]), 2: ((9, 7), [4, (1, 3), 100]), 3: ((5, 6, 4), [3,
 @pytest.mark.parametrize("cond_kind", ["none", "vector", "field"])
 @pytest.mark.parametrize("inverse", [False, True])
 def test_tiled_layer_equals_untiled(float64, layer_name, dims, cond_kind, inverse):
+    torch.manual_seed(2)  # first: the layer's initial weights must not depend on test order
     cond_channels = 0 if cond_kind == "none" else 2
     layer = _perturbed(LAYERS[layer_name](5, cond_channels, dims))
     spatial, tiles = SPATIAL[dims]
-    torch.manual_seed(2)
     x = torch.randn(2, 5, *spatial)
     cond = _condition(cond_kind, 2, cond_channels, spatial)
     with torch.no_grad():
@@ -85,7 +85,8 @@ def test_tiled_layer_equals_untiled(float64, layer_name, dims, cond_kind, invers
                 back, _ = layer(out, cond) if inverse else layer.inverse(out, cond)
         assert _relative(out, out_tiled) < 1e-12 and _relative(logdet, logdet_tiled) < 1e-12
         assert _relative(x, back) < 1e-10
-        assert _relative(reference.input, result.input) < 1e-12
+        # rebuilt inputs agree to the inversion's own accuracy (a spline inverse: ~1e-11)
+        assert _relative(reference.input, result.input) < 1e-10
         assert _relative(reference.grad_input, result.grad_input) < 1e-10
         if cond is not None:
             assert result.grad_cond.shape == cond.shape

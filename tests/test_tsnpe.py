@@ -10,11 +10,11 @@ import torch
 
 from hybridflow.distributions import ConditionalFlow, coupling_flow
 from hybridflow.operators import Identity
-from hybridflow.sbi import LinearGaussian, NPEConfig, truncated_npe
+from hybridflow.sbi import LinearInverseProblem, NPEConfig, truncated_npe
 
 
 def test_tsnpe_truncates_the_prior_to_the_posterior_and_recovers_it() -> None:
-    task = LinearGaussian(Identity((1,)), prior_std=2.0, noise_std=0.1)
+    task = LinearInverseProblem(Identity((1,)), prior_std=2.0, noise_std=0.1)
     x_o = torch.tensor([0.7])
     torch.manual_seed(0)
     flow = ConditionalFlow(
@@ -53,7 +53,7 @@ def test_tsnpe_truncates_the_prior_to_the_posterior_and_recovers_it() -> None:
 
 
 def test_tsnpe_refuses_bad_rounds() -> None:
-    task = LinearGaussian(Identity((2,)))
+    task = LinearInverseProblem(Identity((2,)))
     flow = ConditionalFlow(coupling_flow(2, 2, depth=1, hidden=4), event_shape=(2,))
     with pytest.raises(ValueError, match="rounds must be an int >= 1"):
         truncated_npe(task, flow, torch.zeros(1, 2), rounds=0)

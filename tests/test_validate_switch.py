@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import Tensor, nn
+from helpers import small_graph, with_value
+from torch import Tensor
 
 import hybridflow as hf
 from hybridflow.distributions import ConditionalFlow, coupling_flow
 from hybridflow.errors import InputError, InputTypeError
-from hybridflow.layers import ActNorm, AffineCoupling
 from hybridflow.summary import MLP
 
 _C = torch.randn(8, 2)
@@ -20,23 +20,8 @@ def _vector_chain() -> hf.Chain:
     return coupling_flow(4, cond_features=2, depth=2, hidden=8)
 
 
-def _with(x: Tensor, index: tuple[int, ...], value: float) -> Tensor:
-    x = x.clone()
-    x[index] = value
-    return x
-
-
 def _graph_module() -> hf.GraphModule:
-    graph = (
-        hf.Graph()
-        .input("x")
-        .input("c")
-        .autograd("proj", nn.Linear(4, 4), "x")
-        .invertible("norm", ActNorm(4), "proj")
-        .invertible("coupling", AffineCoupling(4, hidden=8, cond_features=2), "norm", "c")
-        .output("coupling")
-    )
-    return graph.build({"x": torch.randn(8, 4), "c": _C})
+    return small_graph().build({"x": torch.randn(8, 4), "c": _C})
 
 
 def _count_isfinite(monkeypatch) -> list[int]:
@@ -69,7 +54,7 @@ def test_validate_false_runs_no_isfinite(monkeypatch):
     flow(x).sample((3,))
     assert calls == []
     # and a NaN observation passes unchecked (the result is NaN, not an error)
-    assert flow(_with(x, (0, 0), float("nan"))).log_prob(theta).isnan().any()
+    assert flow(with_value(x, (0, 0), float("nan"))).log_prob(theta).isnan().any()
 
 
 def test_validate_default_checks_once_per_entry(monkeypatch):
@@ -83,7 +68,7 @@ def test_validate_default_checks_once_per_entry(monkeypatch):
 def test_set_validation_is_a_toggle_and_a_context_manager(monkeypatch):
     chain = _vector_chain()
     chain(torch.randn(8, 4), _C)  # initialise ActNorm (see _conditional_flow)
-    x = _with(torch.randn(8, 4), (0, 0), float("nan"))
+    x = with_value(torch.randn(8, 4), (0, 0), float("nan"))
     with hf.set_validation(False):
         chain(x, _C)  # no check: NaN flows through
         with pytest.raises(InputError):

@@ -2,7 +2,8 @@
 
 from hybridflow.autograd.chain import Chain, Mode
 from hybridflow.autograd.drift import DriftPolicy, DriftReport, max_drift
-from hybridflow.autograd.function import ReconstructingFunction
+from hybridflow.autograd.function import Reconstructible, ReconstructingFunction, Slices
+from hybridflow.autograd.modes import chains_in_mode
 from hybridflow.autograd.module import InvertibleModule, Reconstruction, vjp_wrt
 from hybridflow.autograd.tiling import Halo, Tileable, TileSize, active_tile_size, tile_grid, tiled
 from hybridflow.autograd.validation import set_validation, validation_enabled
@@ -14,11 +15,14 @@ __all__ = [
     "Halo",
     "InvertibleModule",
     "Mode",
+    "Reconstructible",
     "ReconstructingFunction",
     "Reconstruction",
+    "Slices",
     "TileSize",
     "Tileable",
     "active_tile_size",
+    "chains_in_mode",
     "max_drift",
     "set_validation",
     "tile_grid",

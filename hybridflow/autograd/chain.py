@@ -3,38 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import partial
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
 
 from hybridflow.arguments import boolean, integer, one_of
-from hybridflow.autograd.aliases import parameter_aliases
-from hybridflow.autograd.checks import (
-    check_entry,
-    inside_chain,
-    is_inside_chain,
-    layer_place,
-)
-from hybridflow.autograd.drift import DriftGuard, DriftPolicy, DriftReport, PassRecord, at_layer
-from hybridflow.autograd.function import ReconstructingFunction
-from hybridflow.autograd.microbatch import check_acts_per_sample, reconstruct_in_slices
-from hybridflow.autograd.module import InvertibleModule, Reconstruction, vjp_from_input
+from hybridflow.autograd.checks import check_entry, inside_chain, is_inside_chain
+from hybridflow.autograd.checks import named_layer_errors as _named_errors
+from hybridflow.autograd.data_init import all_initialized, rollback_data_init_on_error
+from hybridflow.autograd.drift import DriftGuard, DriftPolicy, DriftReport
+from hybridflow.autograd.function import ReconstructingFunction, Slices
+from hybridflow.autograd.microbatch import check_acts_per_sample
+from hybridflow.autograd.modes import Mode, active_mode
+from hybridflow.autograd.module import InvertibleModule, Reconstruction
+from hybridflow.autograd.reconstruct import reconstruct_steps
+from hybridflow.autograd.record import PassRecord, at_layer
 from hybridflow.autograd.replay import ReplayState, is_replaying
 from hybridflow.autograd.running_stats import (
     buffer_versions,
     check_no_hidden_state,
-    frozen_running_stats,
 )
 from hybridflow.autograd.tiling import TileSize, check_tile_size, check_tileable, tiled
 from hybridflow.autograd.validation import data_checks, torch_func_active
-from hybridflow.errors import ArgumentTypeError, InputError, InputTypeError
+from hybridflow.errors import ArgumentTypeError, InputError
 
 __all__ = ["DEFAULT_DRIFT_EVERY", "Chain", "Mode"]
-
-Mode = Literal["store", "invert"]
 
 DEFAULT_DRIFT_EVERY = 16
 """Check one differentiable call in this many by default (the first always)."""
@@ -54,15 +48,20 @@ class Chain(InvertibleModule):
             in an ``"invert"`` chain is reconstructed with it, whatever its own mode. Under
             ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jacfwd``), which cannot
             pass through the reconstructing Function, an ``"invert"`` chain runs as ``"store"``.
+            :func:`~hybridflow.autograd.chains_in_mode` runs chains in another mode for a
+            block of calls, without changing this attribute.
         anchor_every: in ``"invert"`` mode, also keep the activation after every ``m``-th layer,
             and restart the reconstruction from it. This bounds the float32 drift that inversion
             accumulates over depth, at the memory of ``len(self) // m`` activations.
-        micro_batches: in ``"invert"`` mode, run each layer's reconstruction on this many
-            slices of the batch, one after another. Invertible layers act on each sample alone,
-            so the gradients are the same, and the working set of one layer's backward (its
-            conditioner's activations) shrinks by this factor: it is what dominates peak
-            memory once activations are no longer stored. Refused, with an error naming the
-            module, for chains holding BatchNorm or Dropout in training mode.
+        micro_batches: in ``"invert"`` mode, run the forward pass and each layer's
+            reconstruction on this many slices of the batch, one after another. Invertible
+            layers act on each sample alone, so the gradients are the same, and the working
+            set of one layer (its conditioner's activations) shrinks by this factor: it is
+            what dominates peak memory once activations are no longer stored. The forward
+            pass runs on the whole batch when the chain keeps anchors (``anchor_every``) and
+            while a layer waits for its data-dependent initialisation (ActNorm). Refused,
+            with an error naming the module, for chains holding BatchNorm or Dropout in
+            training mode.
         preserve_rng_state: in ``"invert"`` mode, give each layer a reproducible random stream
             (seeded once per call), so that random layers (dropout in a conditioner) draw the
             same numbers when re-run during backward. Costs one integer per call; disable only
@@ -196,11 +195,22 @@ class Chain(InvertibleModule):
         tiles = f", tile_size={self.tile_size}" if self.tile_size is not None else ""
         return f"mode={self.mode!r}{anchors}{slices}{tiles}{drift}"
 
-    def _describe(self) -> str:
+    @property
+    def drift_guard(self) -> DriftGuard:
+        """The drift guard's settings and state (what the reconstructing Function asks)."""
+        return self._drift_guard
+
+    @property
+    def active_mode(self) -> Mode:
+        """The mode the chain runs in now: :attr:`mode`, unless
+        :func:`~hybridflow.autograd.chains_in_mode` imposes another."""
+        return active_mode(self.mode)
+
+    def describe(self) -> str:
         """The chain's name in messages."""
         return self.name if self.name is not None else f"Chain of {len(self)} layers"
 
-    def _pass_record(self, x: Tensor) -> PassRecord | None:
+    def pass_record(self, x: Tensor) -> PassRecord | None:
         """What the reconstructing Function records in this call: fingerprints when the
         drift guard checks it, anchors when there are any; ``None`` for neither."""
         checked = self._drift_guard.next_call_checked()
@@ -218,7 +228,7 @@ class Chain(InvertibleModule):
         return frozenset((index,) for index in range(m, total, m))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        with _rollback_data_init_on_error(self):
+        with rollback_data_init_on_error(self):
             return self._pass(x, cond, inverse=False)
 
     def inverse(self, y: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -248,29 +258,37 @@ class Chain(InvertibleModule):
         # random numbers do not depend on the grad mode; so does a chain nested in a
         # reconstructing pass (Chain.reconstruct_vjp re-runs it that way). A store-mode chain
         # draws exactly as nn.Sequential does.
-        seeded = self._seeds_layers()
-        if self.mode == "invert" and differentiable and len(self.layers) > 0:
+        seeded = self.seeds_layers()
+        if self.active_mode == "invert" and differentiable and len(self.layers) > 0:
             if torch_func_active():
                 # torch.func transforms (vmap, grad, jacrev, jacfwd) refuse a Function without
                 # setup_context; the chain then runs as plain autograd (store mode), without
                 # seeding (random draws under vmap must come from the transform).
                 seeded = is_replaying()
             else:
-                if self.micro_batches > 1:
-                    check_acts_per_sample(self, "Chain")
-                return ReconstructingFunction.apply(self, inverse, h, cond, *params)
+                return ReconstructingFunction.apply(self, inverse, self._slices(), h, cond, *params)
         replay = ReplayState.capture(h.device, seeded)
-        return self._run_layers(h, cond, inverse=inverse, replay=replay)
+        return self.run_layers(h, cond, inverse=inverse, replay=replay)
 
-    def _seeds_layers(self) -> bool:
-        return self.preserve_rng_state and (self.mode == "invert" or is_replaying())
+    def _slices(self) -> Slices:
+        """How the reconstructing Function slices this call's batch (``micro_batches``)."""
+        k = self.micro_batches
+        if k == 1:
+            return Slices()
+        check_acts_per_sample(self, "Chain")
+        whole = self.anchor_every is not None or not all_initialized(self)
+        return Slices(forward=1 if whole else k, backward=k)
+
+    def seeds_layers(self) -> bool:
+        """Whether this pass seeds its layers' random streams (see ``preserve_rng_state``)."""
+        return self.preserve_rng_state and (self.active_mode == "invert" or is_replaying())
 
     def _steps(self, inverse: bool) -> list[tuple[int, InvertibleModule]]:
         """Layers in the order the pass applies them."""
         steps = list(enumerate(self.layers))
         return steps[::-1] if inverse else steps  # type: ignore[return-value]
 
-    def _run_layers(
+    def run_layers(
         self,
         h: Tensor,
         cond: Tensor | None,
@@ -291,7 +309,7 @@ class Chain(InvertibleModule):
                         # a nested chain's first layer fingerprints the same tensor
                         record.record_input(h, fingerprint=not isinstance(layer, Chain))
                     watch = _watches_state(record, layer)
-                    with replay.layer(index), _named_errors(self, index, layer):
+                    with replay.layer(index), _named_errors(index, layer):
                         h, layer_logdet = layer.inverse(h, cond) if inverse else layer(h, cond)
                     if watch is not None:
                         check_no_hidden_state(layer, watch, " > ".join(record.labels))
@@ -306,69 +324,27 @@ class Chain(InvertibleModule):
         cond: Tensor | None = None,
         *,
         inverse: bool = False,
+        replay: ReplayState | None = None,
+        slices: int | None = None,
     ) -> Reconstruction:
-        """Reconstruct through every layer (used when this chain is nested in another)."""
-        replay = ReplayState.capture(output.device, self._seeds_layers())
-        return self._reconstruct_layers(
-            output, grad_output, grad_logdet, cond, inverse=inverse, replay=replay
-        )
+        """Reconstruct through every layer, in reverse
+        (:func:`~hybridflow.autograd.reconstruct.reconstruct_steps`).
 
-    def _reconstruct_layers(
-        self,
-        output: Tensor,
-        grad_output: Tensor,
-        grad_logdet: Tensor,
-        cond: Tensor | None,
-        *,
-        inverse: bool,
-        replay: ReplayState,
-    ) -> Reconstruction:
-        """Walk the pass backwards: each layer rebuilds its input and back-propagates.
-
-        Parameter gradients are gathered per parameter of this chain (shared parameters
-        accumulate); condition gradients are summed over layers. Under an active record, each
-        rebuilt input is measured against its fingerprint; a layer whose input was kept (an
-        anchor) is differentiated from it instead, exactly. Running statistics (BatchNorm) are left as the forward pass left them.
+        A chain nested in another is reconstructed this way; the reconstructing Function
+        passes the ``replay`` state of its forward pass (default: captured now) and the
+        ``slices`` of the batch each layer runs on (default: ``micro_batches``).
         """
-        params = tuple(self.parameters())
-        position = {id(p): k for k, p in enumerate(params)}
-        grad_params: list[Tensor | None] = [None] * len(params)
-        grad_cond: Tensor | None = None
-        h, grad_h = output, grad_output
-        steps = self._steps(inverse)
-        with inside_chain(), replay.layers(), tiled(self.tile_size):
-            for index, layer in reversed(steps):
-                layer_params = tuple(layer.parameters())
-                with (
-                    at_layer(index, layer) as record,
-                    replay.layer(index),
-                    _named_errors(self, index, layer),
-                    parameter_aliases(layer),
-                    frozen_running_stats(layer),
-                ):
-                    anchor = None if record is None else record.anchor()
-                    if anchor is not None:  # exact: differentiate the pass from its kept input
-                        start, rule = anchor, partial(vjp_from_input, layer, inverse=inverse)
-                    else:
-                        start, rule = h, partial(layer.reconstruct_vjp, inverse=inverse)
-                    if self.micro_batches > 1:
-                        result = reconstruct_in_slices(
-                            rule, start, grad_h, grad_logdet, cond, slices=self.micro_batches
-                        )
-                    else:
-                        result = rule(start, grad_h, grad_logdet, cond)
-                    h, grad_h = result.input, result.grad_input
-                    if record is not None:
-                        record.check_input(h, exact=anchor is not None)
-                if result.grad_cond is not None:
-                    grad_cond = (
-                        result.grad_cond if grad_cond is None else grad_cond + result.grad_cond
-                    )
-                for param, grad in zip(layer_params, result.grad_params, strict=True):
-                    if grad is not None:
-                        k = position[id(param)]
-                        grad_params[k] = grad if grad_params[k] is None else grad_params[k] + grad
-        return Reconstruction(h, grad_h, grad_cond, tuple(grad_params))
+        if replay is None:
+            replay = ReplayState.capture(output.device, self.seeds_layers())
+        return reconstruct_steps(
+            self._steps(inverse),
+            tuple(self.parameters()),
+            (output, grad_output, grad_logdet, cond),
+            inverse=inverse,
+            replay=replay,
+            slices=self.micro_batches if slices is None else slices,
+            tile_size=self.tile_size,
+        )
 
 
 def _watches_state(record: PassRecord | None, layer: InvertibleModule) -> list | None:
@@ -377,42 +353,6 @@ def _watches_state(record: PassRecord | None, layer: InvertibleModule) -> list |
     one, are not watched)."""
     if record is None or not record.first or isinstance(layer, Chain):
         return None
-    if not all(m.is_initialized for m in layer.modules() if isinstance(m, InvertibleModule)):
+    if not all_initialized(layer):
         return None
     return buffer_versions(layer)
-
-
-@contextmanager
-def _named_errors(chain: Chain, index: int, layer: nn.Module) -> Iterator[None]:
-    """Locate input errors raised by a layer at its position in the chain (``error.where``);
-    a plain ``ValueError``/``TypeError`` of a user's layer becomes an input error there."""
-    try:
-        yield
-    except (InputError, InputTypeError) as error:
-        error.located(layer_place(index, layer))
-        raise
-    except (ValueError, TypeError) as error:
-        if type(error) not in (ValueError, TypeError):
-            raise
-        kind = InputTypeError if type(error) is TypeError else InputError
-        raise kind(str(error), where=(layer_place(index, layer),)) from error
-
-
-@contextmanager
-def _rollback_data_init_on_error(chain: Chain) -> Iterator[None]:
-    """Undo data-dependent initialisation (ActNorm) done by a forward pass that then failed,
-    so that bad input leaves every parameter as it was."""
-    pending = [
-        m for m in chain.modules() if isinstance(m, InvertibleModule) and not m.is_initialized
-    ]
-    if not pending:
-        yield
-        return
-    snapshots = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in pending]
-    try:
-        yield
-    except BaseException:
-        with torch.no_grad():
-            for module, snapshot in zip(pending, snapshots, strict=True):
-                module.load_state_dict(snapshot)
-        raise

@@ -10,11 +10,12 @@ runs only when validation is on (:mod:`hybridflow.autograd.validation`). Every c
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch import Tensor, nn
 
+from hybridflow.autograd.scopes import NestingCount
 from hybridflow.autograd.validation import data_checks
 from hybridflow.errors import InputError, InputTypeError
 
@@ -30,39 +31,24 @@ __all__ = [
     "inside_chain",
     "is_inside_chain",
     "layer_place",
+    "named_layer_errors",
 ]
 
 
-class _ChainDepth:
-    """How many chains are running their layers right now (in this process).
-
-    While it is positive, the outermost chain has already checked what entered it, so layers
-    skip the full-tensor finiteness pass (one per layer would cost a device sync each). A plain
-    attribute rather than a ``ContextVar``: ``torch.compile`` traces attribute updates but
-    falls back to eager at ``ContextVar`` calls. Autograd runs a backward while the thread that
-    called it waits, so one counter per process is enough.
-    """
-
-    def __init__(self) -> None:
-        self.value = 0
+_DEPTH = NestingCount()
+"""How many chains are running their layers: while positive, the outermost chain has already
+checked what entered it, so layers skip the full-tensor finiteness pass (one per layer would
+cost a device sync each)."""
 
 
-_DEPTH = _ChainDepth()
-
-
-@contextmanager
-def inside_chain() -> Iterator[None]:
+def inside_chain() -> AbstractContextManager[None]:
     """Mark the enclosed calls as running inside a chain that validated its input."""
-    _DEPTH.value += 1
-    try:
-        yield
-    finally:
-        _DEPTH.value -= 1
+    return _DEPTH.entered()
 
 
 def is_inside_chain() -> bool:
     """Whether the caller runs as a layer of a chain (the chain validated the entry)."""
-    return _DEPTH.value > 0
+    return _DEPTH.active
 
 
 def check_finite(
@@ -320,3 +306,20 @@ def check_entry(
         _refuse_non_finite(x, first, what, fix)
         if isinstance(cond, Tensor):
             _refuse_non_finite(cond, first, "condition", fix)
+
+
+@contextmanager
+def named_layer_errors(index: int, layer: nn.Module) -> Iterator[None]:
+    """Locate input errors raised by a chain's layer ``index`` at its place in the chain
+    (``error.where``); a plain ``ValueError``/``TypeError`` of a user's layer becomes an input
+    error there."""
+    try:
+        yield
+    except (InputError, InputTypeError) as error:
+        error.located(layer_place(index, layer))
+        raise
+    except (ValueError, TypeError) as error:
+        if type(error) not in (ValueError, TypeError):
+            raise
+        kind = InputTypeError if type(error) is TypeError else InputError
+        raise kind(str(error), where=(layer_place(index, layer),)) from error

@@ -1,50 +1,118 @@
-"""The reconstructing rule: one ``torch.autograd.Function`` that runs a whole chain."""
+"""The reconstructing rule: the one ``torch.autograd.Function`` that runs a chain of layers.
+
+The Function knows no :class:`~hybridflow.Chain`: it runs any :class:`Reconstructible`, the
+narrow interface a chain provides (a graph's invertible segments run as chains, so the
+graph's runtime goes through the same Function).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-from hybridflow.autograd.drift import DriftGuard, PassRecord, recording
+from hybridflow.autograd.drift import DriftGuard
+from hybridflow.autograd.microbatch import run_in_slices
 from hybridflow.autograd.module import Reconstruction
+from hybridflow.autograd.record import PassRecord, recording
 from hybridflow.autograd.replay import ReplayState
 from hybridflow.autograd.validation import data_checks
 from hybridflow.autograd.versions import Versions
 from hybridflow.errors import ModifiedError, ReconstructionError
 
-if TYPE_CHECKING:
-    from hybridflow.autograd.chain import Chain
-
 __all__ = [
+    "Reconstructible",
     "ReconstructingFunction",
-    "backward_from_saved",
+    "Slices",
     "check_finite_result",
-    "keep_for_backward",
     "unpack_saved",
 ]
 
-# Positions of a reconstructing Function's inputs: (chain, inverse or slices, x, cond, *params).
-_X, _COND, _PARAMS = 2, 3, 4
+# Positions of the Function's inputs: (run, inverse, slices, x, cond, *params).
+_X, _COND, _PARAMS = 3, 4, 5
+
+
+class Slices(NamedTuple):
+    """How many slices of the batch the reconstructing Function runs at a time.
+
+    Attributes:
+        forward: slices of the no-grad forward pass (1: the whole batch at once).
+        backward: slices of each layer's reconstruction (1: the whole batch at once).
+    """
+
+    forward: int = 1
+    backward: int = 1
+
+
+class Reconstructible(Protocol):
+    """What :class:`ReconstructingFunction` runs: an ``nn.Module`` (its parameters and buffers
+    are watched by version counters) that applies layers and reconstructs through them.
+    :class:`~hybridflow.Chain` provides it."""
+
+    validate: bool | None
+
+    @property
+    def drift_guard(self) -> DriftGuard:
+        """The guard that decides which calls are checked and concludes them."""
+        ...
+
+    def describe(self) -> str:
+        """The name in messages."""
+        ...
+
+    def pass_record(self, x: Tensor) -> PassRecord | None:
+        """What this call records (fingerprints, anchors), or ``None``; counts the call."""
+        ...
+
+    def seeds_layers(self) -> bool:
+        """Whether the layers run with reproducible random streams."""
+        ...
+
+    def run_layers(
+        self, h: Tensor, cond: Tensor | None, *, inverse: bool, replay: ReplayState
+    ) -> tuple[Tensor, Tensor]:
+        """Apply every layer (forward or inverse pass), summing log determinants."""
+        ...
+
+    def reconstruct_vjp(
+        self,
+        output: Tensor,
+        grad_output: Tensor,
+        grad_logdet: Tensor,
+        cond: Tensor | None,
+        *,
+        inverse: bool,
+        replay: ReplayState,
+        slices: int,
+    ) -> Reconstruction:
+        """Rebuild every layer's input in reverse and back-propagate (replaying ``replay``),
+        each layer on ``slices`` slices of the batch."""
+        ...
 
 
 class ReconstructingFunction(torch.autograd.Function):
-    """Runs a :class:`~hybridflow.Chain` keeping only its output (and condition) for backward.
+    """Runs a :class:`Reconstructible` keeping only its output (and condition) for backward.
 
-    Forward runs every layer under ``no_grad`` and saves the chain's output, its condition,
-    the optional anchors and, on calls the drift guard checks, a fingerprint of each layer's
-    input (a few numbers per sample); nothing else per layer. It also records the version
-    counters of the chain's parameters and buffers. Backward first refuses to run if any of
-    them, the output or the condition changed in place since
-    (:class:`~hybridflow.errors.ModifiedError`), then walks the layers in reverse: each layer
-    rebuilds its input from its output and returns the input, condition and parameter
-    gradients (:meth:`~hybridflow.InvertibleModule.reconstruct_vjp`), the guard measures the
-    rebuilt inputs against their fingerprints, and non-finite rebuilt values raise
+    Forward runs every layer under ``no_grad``, on ``slices.forward`` slices of the batch one
+    after another (each slice's output written into one tensor), and saves the output, the
+    condition, the optional anchors and, on calls the drift guard checks, a fingerprint of
+    each layer's input (a few numbers per sample); nothing else per layer. It also records
+    the version counters of the run's parameters and buffers. Backward first refuses to run if
+    any of them, the output or the condition changed in place since
+    (:class:`~hybridflow.errors.ModifiedError`), then walks the layers in reverse, each on
+    ``slices.backward`` slices (the run's ``reconstruct_vjp``): each layer rebuilds its input
+    from its output and returns the input, condition and parameter gradients
+    (:meth:`~hybridflow.InvertibleModule.reconstruct_vjp`), the guard measures the rebuilt
+    inputs against their fingerprints, and non-finite rebuilt values raise
     :class:`~hybridflow.errors.ReconstructionError` (unless the forward pass ran with
-    validation off: ``validate=False``, under ``torch.compile``). The chain's parameters are inputs of this
-    Function, so their gradients reach autograd as ordinary leaf gradients.
+    validation off: ``validate=False``, under ``torch.compile``). The parameters are inputs
+    of this Function, so their gradients reach autograd as ordinary leaf gradients.
+
+    Random numbers: a layer runs each slice with a stream seeded from the call's seed, the
+    layer and the slice's first row (:class:`~hybridflow.autograd.replay.ReplayState`), in
+    the forward pass and in its reconstruction alike, so slice ``k`` draws the same numbers
+    in both passes; the global generator advances by one draw per call, sliced or not.
 
     Double backward is not supported: a backward asked to build a graph of the gradient
     (``create_graph=True``) raises at once, rather than returning a gradient that later
@@ -56,97 +124,75 @@ class ReconstructingFunction(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any,
-        chain: Chain,
+        run: Reconstructible,
         inverse: bool,
+        slices: Slices,
         x: Tensor,
         cond: Tensor | None,
         *params: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        replay = ReplayState.capture(x.device, chain._seeds_layers())
-        record = chain._pass_record(x)
+        replay = ReplayState.capture(x.device, run.seeds_layers())
+        record = run.pass_record(x)
+
+        def layers(h: Tensor, c: Tensor | None, row: int) -> tuple[Tensor, Tensor]:
+            return run.run_layers(h, c, inverse=inverse, replay=replay.at_row(row))
+
         with torch.no_grad(), recording(record, checking=False):
-            y, logdet = chain._run_layers(x, cond, inverse=inverse, replay=replay)
-        if y is x:  # an empty chain: autograd needs a fresh output
+            y, logdet = run_in_slices(layers, x, cond, slices=slices.forward)
+        if y is x:  # layers that return their input: autograd needs a fresh output
             y = x.clone()
+        ctx.run = run
         ctx.inverse = inverse
         ctx.replay = replay
-        keep_for_backward(ctx, chain, record, y, cond, params)
+        ctx.slices = slices.backward
+        ctx.record = record
+        ctx.versions = Versions(run, params)  # type: ignore[arg-type]
+        ctx.has_cond = cond is not None
+        ctx.check_finite = data_checks(run.validate)
+        layout, extra = record.saved() if record is not None else ({}, [])
+        ctx.record_layout = layout
+        ctx.save_for_backward(y, *([cond] if cond is not None else []), *extra)
         return y, logdet
 
     @staticmethod
     def backward(ctx: Any, grad_y: Tensor, grad_logdet: Tensor) -> tuple[Tensor | None, ...]:
-        chain: Chain = ctx.chain
+        run: Reconstructible = ctx.run
+        where = run.describe()
         if torch.is_grad_enabled():
             raise RuntimeError(
-                "hybridflow: double backward (create_graph=True) through an invert-mode Chain "
-                "is not supported; run that chain with mode='store' to differentiate its "
-                "gradients"
+                f"hybridflow: double backward (create_graph=True) through the invert-mode "
+                f"{where} is not supported; run it with mode='store' (in a graph: pin its "
+                "segment to 'store') to differentiate its gradients"
             )
-        return backward_from_saved(
-            ctx,
-            grad_y,
-            grad_logdet,
-            lambda y, cond: chain._reconstruct_layers(
-                y, grad_y, grad_logdet, cond, inverse=ctx.inverse, replay=ctx.replay
-            ),
+        saved = unpack_saved(ctx, where)
+        ctx.versions.check(run, where)
+        y = saved[0]
+        cond = saved[1] if ctx.has_cond else None
+        record: PassRecord | None = ctx.record
+        if record is not None:
+            record.restore(ctx.record_layout, saved[1 + ctx.has_cond :])
+        if cond is not None:
+            cond = cond.detach().requires_grad_(ctx.needs_input_grad[_COND])
+        with ctx.replay.autocast_state(), recording(record, checking=True):
+            result = run.reconstruct_vjp(
+                y,
+                grad_y,
+                grad_logdet,
+                cond,
+                inverse=ctx.inverse,
+                replay=ctx.replay,
+                slices=ctx.slices,
+            )
+        if record is not None and record.fingerprints:
+            run.drift_guard.conclude(record, y.dtype, where)
+        if ctx.check_finite:
+            check_finite_result(result, y, grad_y, grad_logdet, run.drift_guard, where)
+        grad_x = result.grad_input if ctx.needs_input_grad[_X] else None
+        grad_params = tuple(
+            g if needed else None
+            for g, needed in zip(result.grad_params, ctx.needs_input_grad[_PARAMS:], strict=True)
         )
-
-
-def keep_for_backward(
-    ctx: Any,
-    chain: Chain,
-    record: PassRecord | None,
-    y: Tensor,
-    cond: Tensor | None,
-    params: tuple[Tensor, ...],
-) -> None:
-    """What a reconstructing Function keeps at the end of its forward pass: the output, the
-    condition and the record's fingerprints and anchors (saved tensors), the version counters
-    of the chain's parameters and buffers, and the forward's validation setting.
-    ``ctx.replay`` (autocast settings, seed) is the caller's to set."""
-    ctx.chain = chain
-    ctx.record = record
-    ctx.versions = Versions(chain, params)
-    ctx.has_cond = cond is not None
-    ctx.check_finite = data_checks(chain.validate)
-    layout, extra = record.saved() if record is not None else ({}, [])
-    ctx.record_layout = layout
-    ctx.save_for_backward(y, *([cond] if cond is not None else []), *extra)
-
-
-def backward_from_saved(
-    ctx: Any,
-    grad_y: Tensor,
-    grad_logdet: Tensor,
-    reconstruct: Callable[[Tensor, Tensor | None], Reconstruction],
-) -> tuple[Tensor | None, ...]:
-    """The backward of a reconstructing Function around ``reconstruct(y, cond)``: refuse
-    modified tensors, restore the record, reconstruct under the forward's autocast settings
-    with the record checking, let the drift guard conclude, refuse rebuilt NaN/Inf, and
-    return the gradients of the Function's inputs ``(chain, flag, x, cond, *params)``."""
-    chain: Chain = ctx.chain
-    where = chain._describe()
-    saved = unpack_saved(ctx, where)
-    ctx.versions.check(chain, where)
-    y = saved[0]
-    cond = saved[1] if ctx.has_cond else None
-    record: PassRecord | None = ctx.record
-    if record is not None:
-        record.restore(ctx.record_layout, saved[1 + ctx.has_cond :])
-    if cond is not None:
-        cond = cond.detach().requires_grad_(ctx.needs_input_grad[_COND])
-    with ctx.replay.autocast_state(), recording(record, checking=True):
-        result = reconstruct(y, cond)
-    if record is not None and record.fingerprints:
-        chain._drift_guard.conclude(record, y.dtype, where)
-    if ctx.check_finite:
-        check_finite_result(result, y, grad_y, grad_logdet, chain._drift_guard, where)
-    grad_x = result.grad_input if ctx.needs_input_grad[_X] else None
-    grad_params = tuple(
-        g if needed else None
-        for g, needed in zip(result.grad_params, ctx.needs_input_grad[_PARAMS:], strict=True)
-    )
-    return (None, None, grad_x, result.grad_cond, *grad_params)
+        return (None, None, None, grad_x, result.grad_cond, *grad_params)
 
 
 def unpack_saved(ctx: Any, where: str) -> tuple[Tensor, ...]:

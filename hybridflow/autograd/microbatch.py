@@ -1,16 +1,17 @@
-"""Micro-batched reconstruction: a layer's backward run on slices of the batch."""
+"""Micro-batching: a pass or a layer's backward run on slices of the batch, one at a time."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from torch import Tensor, nn
 
-from hybridflow.autograd.drift import rows
 from hybridflow.autograd.module import Reconstruction
+from hybridflow.autograd.record import rows
 
-__all__ = ["check_acts_per_sample", "reconstruct_in_slices"]
+__all__ = ["check_acts_per_sample", "reconstruct_in_slices", "run_in_slices", "slice_bounds"]
 
 # Modules whose output for one sample depends on other samples (batch statistics) or whose
 # random draws depend on the batch shape: slicing the batch would change what they compute.
@@ -41,6 +42,40 @@ def check_acts_per_sample(module: nn.Module, where: str) -> None:
             )
 
 
+def slice_bounds(batch: int, slices: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of ``slices`` near-equal slices of a batch of ``batch`` (empty ones
+    left out)."""
+    edges = [batch * k // slices for k in range(slices + 1)]
+    return [(a, b) for a, b in itertools.pairwise(edges) if a < b]
+
+
+def run_in_slices(
+    run: Callable[[Tensor, Tensor | None, int], tuple[Tensor, Tensor]],
+    x: Tensor,
+    cond: Tensor | None,
+    *,
+    slices: int,
+) -> tuple[Tensor, Tensor]:
+    """``run(x, cond, row) -> (y, logdet)`` (a chain's layers, without autograd) on ``slices``
+    slices of the batch, ``row`` the first row of each, the slices' results written into one
+    output: only one slice's working set (a conditioner's activations) is alive at a time."""
+    if slices == 1:
+        return run(x, cond, 0)
+    y: Tensor | None = None
+    logdet: Tensor | None = None
+    for start, stop in slice_bounds(x.shape[0], slices):
+        with rows(start, stop):  # the active record keeps these rows
+            part_cond = None if cond is None else cond[start:stop]
+            part, part_logdet = run(x[start:stop], part_cond, start)
+        if y is None or logdet is None:
+            y = part.new_empty((x.shape[0], *part.shape[1:]))
+            logdet = part_logdet.new_empty((x.shape[0],))
+        y[start:stop] = part
+        logdet[start:stop] = part_logdet
+        del part, part_logdet
+    return y, logdet  # type: ignore[return-value]
+
+
 def reconstruct_in_slices(
     rule: Callable[[Tensor, Tensor, Tensor, Tensor | None], Reconstruction],
     output: Tensor,
@@ -49,9 +84,11 @@ def reconstruct_in_slices(
     cond: Tensor | None,
     *,
     slices: int,
+    each: Callable[[int], AbstractContextManager[object]] = lambda row: nullcontext(),
 ) -> Reconstruction:
     """``rule(output, grad_output, grad_logdet, cond)`` (a layer's ``reconstruct_vjp``, say)
-    on ``slices`` slices of the batch, assembled.
+    on ``slices`` slices of the batch, assembled; each slice runs inside ``each(row)``, ``row``
+    its first row.
 
     Invertible layers act on each sample alone, so the rebuilt input and its gradient are
     the slices' results side by side, the condition gradient likewise, and parameter
@@ -59,18 +96,15 @@ def reconstruct_in_slices(
     activations, say) is alive at a time.
     """
     batch = output.shape[0]
-    bounds = [batch * k // slices for k in range(slices + 1)]
     rebuilt = grad_input = grad_cond = None
     grad_params: list[Tensor | None] | None = None
-    for start, stop in itertools.pairwise(bounds):
-        if start == stop:
-            continue
+    for start, stop in slice_bounds(batch, slices):
         # each slice of the condition is a leaf of its own (slicing under no_grad would drop
         # requires_grad), so the layer's rule returns its gradient
         cond_part = None if cond is None else cond[start:stop].detach()
         if cond_part is not None:
             cond_part.requires_grad_(cond.requires_grad)
-        with rows(start, stop):  # chains nested in the layer check these rows only
+        with rows(start, stop), each(start):  # nested chains check these rows only
             part = rule(
                 output[start:stop], grad_output[start:stop], grad_logdet[start:stop], cond_part
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -10,7 +10,13 @@ from torch import Tensor, nn
 
 from hybridflow.config import Configurable
 
-__all__ = ["InvertibleModule", "Reconstruction", "vjp_from_input", "vjp_wrt"]
+__all__ = [
+    "InvertibleModule",
+    "Reconstruction",
+    "invertible_children",
+    "vjp_from_input",
+    "vjp_wrt",
+]
 
 
 class Reconstruction(NamedTuple):
@@ -66,6 +72,20 @@ class InvertibleModule(nn.Module, Configurable):
         """False while a data-dependent initialisation (ActNorm's) waits for the first batch."""
         return True
 
+    @property
+    def uses_generic_rule(self) -> bool:
+        """Whether reconstructing this module runs the generic rule anywhere (an inverse and a
+        forward pass: about twice the work of a hand-written rule), for cost estimates.
+
+        A module whose class keeps the base :meth:`reconstruct_vjp` does. One that overrides
+        it and holds invertible submodules (a chain, a wrapper, a network) is taken to
+        delegate to them, and answers from them; one with a hand-written rule and no
+        invertible submodules does not. Override when neither describes the module.
+        """
+        if type(self).reconstruct_vjp is InvertibleModule.reconstruct_vjp:
+            return True
+        return any(child.uses_generic_rule for child in invertible_children(self))
+
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward")
 
@@ -104,6 +124,16 @@ class InvertibleModule(nn.Module, Configurable):
         with torch.enable_grad():
             out, logdet = run(rebuilt, cond)
         return vjp_wrt((out, logdet), (grad_output, grad_logdet), rebuilt, cond, self)
+
+
+def invertible_children(module: nn.Module) -> Iterator[InvertibleModule]:
+    """The outermost invertible modules inside ``module`` (looking through plain containers
+    such as ``nn.ModuleList``), ``module`` itself left out."""
+    for child in module.children():
+        if isinstance(child, InvertibleModule):
+            yield child
+        else:
+            yield from invertible_children(child)
 
 
 def vjp_from_input(

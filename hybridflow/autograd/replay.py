@@ -3,45 +3,37 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, replace
 
 import torch
+
+from hybridflow.autograd.scopes import NestingCount
 
 __all__ = ["ReplayState", "is_replaying", "replaying"]
 
 
-class _SeededDepth:
-    """How many seeded chains are running their layers (forward or reconstruction). Chains
-    nested in one then seed their own layers too, the same way in both passes. A plain
-    attribute for the reason given in ``checks._ChainDepth``."""
-
-    def __init__(self) -> None:
-        self.value = 0
+_SEEDED = NestingCount()
+"""How many seeded chains are running their layers (forward or reconstruction). Chains nested
+in one then seed their own layers too, the same way in both passes."""
 
 
-_SEEDED = _SeededDepth()
-
-
-@contextmanager
-def replaying() -> Iterator[None]:
+def replaying() -> AbstractContextManager[None]:
     """Mark the enclosed code as running inside a seeded chain."""
-    _SEEDED.value += 1
-    try:
-        yield
-    finally:
-        _SEEDED.value -= 1
+    return _SEEDED.entered()
 
 
 def is_replaying() -> bool:
     """Whether the caller runs inside a seeded chain."""
-    return _SEEDED.value > 0
+    return _SEEDED.active
 
 
 # Odd 64-bit constant (golden ratio) that spreads per-layer seeds far apart, so that layer i of
 # one call and layer j of another never share a random stream.
 _SEED_STRIDE = 0x9E3779B97F4A7C15
 _SEED_MASK = (1 << 63) - 1
+# Another odd constant (splitmix64's) for the first row of a slice of the batch.
+_ROW_STRIDE = 0xBF58476D1CE4E5B9
 
 
 @dataclass(frozen=True)
@@ -60,12 +52,18 @@ class ReplayState:
     generators are re-seeded (:meth:`layer`): ``manual_seed`` takes a Python integer, and
     ``torch.random.fork_rng`` runs eagerly under Dynamo in any case.
 
+    A pass run on slices of the batch (micro-batches) seeds each slice's layers from
+    ``(seed, i, row)`` too, ``row`` the slice's first row (:meth:`at_row`): slice ``k`` draws
+    the same numbers in the forward pass and in its reconstruction, and other numbers than the
+    other slices.
+
     Autocast: the autocast settings (enabled, dtype) of the forward pass, per device type.
     """
 
     seed: torch.Tensor | None
     device: torch.device
     autocast: tuple[tuple[str, bool, torch.dtype], ...]
+    row: int = 0
 
     @classmethod
     def capture(cls, device: torch.device, preserve_rng_state: bool) -> ReplayState:
@@ -75,6 +73,10 @@ class ReplayState:
             (t, torch.is_autocast_enabled(t), torch.get_autocast_dtype(t)) for t in device_types
         )
         return cls(seed, device, autocast)
+
+    def at_row(self, row: int) -> ReplayState:
+        """The state for a slice of the batch starting at ``row`` (``0``: this state)."""
+        return self if row == 0 else replace(self, row=row)
 
     @contextmanager
     def layers(self) -> Iterator[None]:
@@ -94,7 +96,8 @@ class ReplayState:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             # read inside the fork, which Dynamo runs eagerly: no graph break of its own
-            layer_seed = (int(self.seed) + (index + 1) * _SEED_STRIDE) & _SEED_MASK
+            offset = (index + 1) * _SEED_STRIDE + self.row * _ROW_STRIDE
+            layer_seed = (int(self.seed) + offset) & _SEED_MASK
             torch.default_generator.manual_seed(layer_seed)
             if devices:
                 with torch.cuda.device(self.device):

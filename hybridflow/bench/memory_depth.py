@@ -4,44 +4,41 @@ Each configuration (mode, depth, image size) runs in a fresh process (see
 :mod:`hybridflow.bench.probes` for how peak memory is read). Modes: ``store`` (plain
 autograd), ``invert`` (hybridflow's reconstruction) and ``checkpoint``
 (``torch.utils.checkpoint`` per Glow step). Repeats are interleaved across modes so that time
-ratios are measured side by side. ``hybridflow bench memory`` and
-``benchmarks/memory_depth.py`` both run :func:`main`; it writes ``memory_depth.csv`` and
-``memory_depth.png`` (memory versus depth, and versus image size) and prints a table.
+ratios are measured side by side. The command line
+(``hybridflow bench memory``, :mod:`hybridflow.cli.bench`, and ``benchmarks/memory_depth.py``)
+writes the rows to ``memory_depth.csv`` and :func:`plot` to ``memory_depth.png`` (memory
+versus depth, and versus image size) and prints :func:`report`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
 import math
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
+from hybridflow.bench import probes
 from hybridflow.bench.glow_like import BenchMode
 from hybridflow.bench.probes import (
     MEMORY_ENV,
     TIME_ENV,
     measure_peak,
     measure_time,
-    peak_memory_unavailable,
     run_child,
 )
-from hybridflow.cli.errors import UsageError
-from hybridflow.cli.outputs import output_folder, pyplot, save_figure, write_text
+from hybridflow.io import pyplot, save_figure, write_text
 
 __all__ = [
     "MODES",
     "PRESETS",
-    "add_arguments",
-    "main",
+    "child_main",
     "measure",
+    "measure_one",
     "plot",
     "report",
-    "settings_from_args",
     "write_csv",
 ]
 
@@ -62,7 +59,7 @@ MODES: tuple[BenchMode, ...] = ("store", "invert", "checkpoint")
 _CHILD = ["-m", "hybridflow.bench.memory_depth"]
 
 
-def _child(config: dict[str, Any]) -> dict[str, Any]:
+def measure_one(config: dict[str, Any]) -> dict[str, Any]:
     """Build the model of ``config``, measure one step; the result row as a dict."""
     import torch
 
@@ -182,43 +179,37 @@ def report(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _panel(
+    ax: Any, rows: list[dict[str, Any]], x: str, fixed: str, value: int, xlabel: str
+) -> None:
+    """One panel: peak step memory versus ``x`` per mode, at ``fixed == value``."""
+    for mode in MODES:
+        points = sorted(
+            (r[x], r["peak_mib"]) for r in rows if r["mode"] == mode and r[fixed] == value
+        )
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=mode)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("peak step memory (MiB)")
+    ax.grid(alpha=0.3)
+    ax.set_ylim(bottom=0)
+    ax.legend()
+
+
 def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Write a PNG of peak step memory versus depth (at the largest image size) and, with
     several sizes, versus image size (at the largest depth); atomically."""
     plt = pyplot()
     sizes = sorted({r["size"] for r in rows})
     depths = sorted({r["depth"] for r in rows})
+    batch = rows[0]["batch"]
     panels = 2 if len(sizes) > 1 else 1
     figure, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.4), squeeze=False)
-    ax = axes[0][0]
-    for mode in MODES:
-        points = sorted(
-            (r["depth"], r["peak_mib"])
-            for r in rows
-            if r["mode"] == mode and r["size"] == sizes[-1]
-        )
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="o", label=mode)
-    ax.set_title(f"{sizes[-1]}x{sizes[-1]} images, batch {rows[0]['batch']}", fontsize=10)
-    ax.set_xlabel("depth (Glow steps)")
-    ax.set_ylabel("peak step memory (MiB)")
+    _panel(axes[0][0], rows, "depth", "size", sizes[-1], "depth (Glow steps)")
+    axes[0][0].set_title(f"{sizes[-1]}x{sizes[-1]} images, batch {batch}", fontsize=10)
     if panels == 2:
-        ax = axes[0][1]
-        for mode in MODES:
-            points = sorted(
-                (r["size"], r["peak_mib"])
-                for r in rows
-                if r["mode"] == mode and r["depth"] == depths[-1]
-            )
-            if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=mode)
-        ax.set_title(f"depth {depths[-1]}, batch {rows[0]['batch']}", fontsize=10)
-        ax.set_xlabel("image side (pixels)")
-        ax.set_ylabel("peak step memory (MiB)")
-    for ax in axes[0]:
-        ax.grid(alpha=0.3)
-        ax.set_ylim(bottom=0)
-        ax.legend()
+        _panel(axes[0][1], rows, "size", "depth", depths[-1], "image side (pixels)")
+        axes[0][1].set_title(f"depth {depths[-1]}, batch {batch}", fontsize=10)
     figure.suptitle(
         "Peak memory of a Glow-like training step (a fresh process per point)", fontsize=11
     )
@@ -235,93 +226,11 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
     return write_text(path, buffer.getvalue())
 
 
-def add_arguments(parser: argparse.ArgumentParser, default_out: str) -> None:
-    """The flags of the benchmark, shared by ``hybridflow bench memory`` and the script."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
-    parser.add_argument("--sizes", type=int, nargs="+", help="image sides (override preset)")
-    parser.add_argument("--depths", type=int, nargs="+", help="Glow steps (override preset)")
-    parser.add_argument("--batch", type=int, help="images per step (override preset)")
-    parser.add_argument("--hidden", type=int, help="conditioner width (override preset)")
-    parser.add_argument("--repeats", type=int, help="fresh processes per configuration")
-    parser.add_argument("--timing-steps", type=int, default=3, help="timed steps per process")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per process")
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument(
-        "--measure",
-        choices=["memory", "time", "both"],
-        default="both",
-        help="peak memory and/or time (each in its own fresh process)",
-    )
-    parser.add_argument("--out", type=Path, default=Path(default_out), help="output folder")
-
-
-def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings of :func:`measure` from parsed flags (preset values fill the gaps).
-
-    Raises:
-        UsageError: a size, depth or count out of range, naming the flag, or peak memory
-            asked for where it cannot be read.
-    """
-    settings = {key: getattr(args, key) for key in ("sizes", "depths", "batch", "hidden")}
-    settings["repeats"] = args.repeats
-    for key, value in PRESETS[args.preset].items():
-        if settings[key] is None:
-            settings[key] = value
-    if min(settings["sizes"]) < 2 or any(s % 2 for s in settings["sizes"]):
-        raise UsageError(f"--sizes must be even and at least 2, got {settings['sizes']}")
-    if min(settings["depths"]) < 1:
-        raise UsageError(f"--depths must be positive, got {settings['depths']}")
-    for flag, value in (
-        ("--batch", settings["batch"]),
-        ("--hidden", settings["hidden"]),
-        ("--repeats", settings["repeats"]),
-        ("--timing-steps", args.timing_steps),
-        ("--threads", args.threads),
-    ):
-        if value < 1:
-            raise UsageError(f"{flag} must be at least 1, got {value}")
-    if args.measure != "time" and (reason := peak_memory_unavailable()) is not None:
-        raise UsageError(f"cannot measure peak memory: {reason}; use --measure time")
-    return {
-        **settings,
-        "modes": list(dict.fromkeys(args.modes)),
-        "timing_steps": args.timing_steps,
-        "threads": args.threads,
-        "measure": args.measure,
-    }
-
-
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Measure, write CSV and PNG to ``args.out``, print the table; the rows.
-
-    Raises:
-        UsageError: bad flags, or an output folder that cannot be written.
-    """
-    settings = settings_from_args(args)
-    with output_folder(args.out) as out:
-        rows = measure(settings)
-        csv_path = write_csv(rows, out / "memory_depth.csv")
-        png_path = plot(rows, out / "memory_depth.png")
-    print(report(rows))
-    print(f"wrote {csv_path} and {png_path}")
-    return rows
-
-
-def main(argv: list[str] | None = None, default_out: str = "benchmarks/results") -> list[dict]:
-    """Parse ``argv`` and :func:`run`; a child process (``--child JSON``) measures one
-    configuration and prints it as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser, default_out)
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        print(json.dumps(_child(json.loads(args.child))))
-        return []
-    try:
-        return run(args)
-    except UsageError as error:
-        parser.error(str(error))
+def child_main(argv: list[str] | None = None) -> None:
+    """The child's entry point: ``python -m hybridflow.bench.memory_depth --child JSON``
+    measures one configuration (:func:`measure_one`) and prints its row as JSON."""
+    probes.child_main(measure_one, argv)
 
 
 if __name__ == "__main__":
-    main()
+    child_main()

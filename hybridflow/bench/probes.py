@@ -12,6 +12,7 @@ why it cannot be read elsewhere. The bytes that autograd keeps for backward
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -27,6 +28,7 @@ __all__ = [
     "MEMORY_ENV",
     "TIME_ENV",
     "ChildError",
+    "child_main",
     "current_rss",
     "measure_peak",
     "measure_time",
@@ -185,3 +187,12 @@ def run_child(
             f"{result.stderr[-2000:]}"
         )
     return json.loads(lines[-1])
+
+
+def child_main(measure: Callable[[dict], dict], argv: Sequence[str] | None = None) -> None:
+    """A measuring child's entry point (the other end of :func:`run_child`): parse
+    ``--child JSON``, run ``measure`` on that configuration and print its result as JSON."""
+    parser = argparse.ArgumentParser(description="one measurement, in a fresh process")
+    parser.add_argument("--child", required=True, help="the configuration, as JSON")
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(json.loads(args.child))))

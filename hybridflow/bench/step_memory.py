@@ -11,8 +11,6 @@ everywhere), in all and for the summary network alone.
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from hybridflow.autograd.chain import Mode
+from hybridflow.bench import probes
 from hybridflow.bench.probes import (
     MEMORY_ENV,
     measure_peak,
@@ -31,7 +30,7 @@ from hybridflow.bench.probes import (
 )
 from hybridflow.config import from_config
 from hybridflow.distributions import FlowDistribution
-from hybridflow.serialization import atomic_torch_save
+from hybridflow.io import atomic_torch_save
 
 __all__ = ["StepMemory", "main", "measure_step_memory", "with_mode"]
 
@@ -163,10 +162,7 @@ def measure_step_memory(
 
 def main(argv: list[str] | None = None) -> None:
     """The child's entry point: ``python -m hybridflow.bench.step_memory --child JSON``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--child", required=True, help="the measurement, as JSON")
-    args = parser.parse_args(argv)
-    print(json.dumps(_child(json.loads(args.child))))
+    probes.child_main(_child, argv)
 
 
 if __name__ == "__main__":

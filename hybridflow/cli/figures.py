@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hybridflow.cli.outputs import pyplot, save_figure
+from hybridflow.io import pyplot, save_figure
 from hybridflow.sbi import NPEHistory
 
 __all__ = ["image_posterior", "training_curve", "vector_posterior"]

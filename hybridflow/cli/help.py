@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import re
+from typing import Any
 
-__all__ = ["HelpFormatter", "plain"]
+__all__ = ["HelpFormatter", "add_command", "add_threads_flag", "plain"]
 
 _ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")  # :func:`~hybridflow.save` -> hybridflow.save
 _LITERAL = re.compile(r"``([^`]+)``")
@@ -40,3 +41,18 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         ):
             return action.help
         return f"{text} (default: %(default)s)"
+
+
+def add_command(
+    subparsers: Any, name: str, summary: str, doc: str | None
+) -> argparse.ArgumentParser:
+    """Register the subcommand ``name``: ``summary`` in the command list, the module
+    docstring ``doc`` (as :func:`plain` text) as its description."""
+    return subparsers.add_parser(
+        name, help=summary, description=plain(doc), formatter_class=HelpFormatter
+    )
+
+
+def add_threads_flag(parser: argparse.ArgumentParser, note: str) -> None:
+    """``--threads N`` (default 1): torch CPU threads of the command; ``note`` says why one."""
+    parser.add_argument("--threads", type=int, default=1, help=f"torch CPU threads ({note})")

@@ -1,25 +1,22 @@
-"""Output files of the command line and the benchmarks: checked folders, atomic writes."""
+"""Output folders of the command line: checked before any work, removed again when it fails.
+
+The files in them are written by :mod:`hybridflow.io` (atomically)."""
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from hybridflow.cli.errors import UsageError
-from hybridflow.serialization import atomic_write
+from hybridflow.deprecation import moved_names
 
 __all__ = [
     "OutputError",
     "check_output_folder",
     "output_folder",
-    "pyplot",
-    "save_figure",
-    "write_text",
 ]
 
 
@@ -96,30 +93,5 @@ def output_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
-    return atomic_write(path, lambda file: file.write(text.encode()))
-
-
-def pyplot() -> Any:
-    """matplotlib's pyplot on the Agg backend (files only, no display).
-
-    Raises:
-        ImportError: matplotlib is missing, with the command that installs it.
-    """
-    try:
-        import matplotlib
-    except ImportError as error:  # pragma: no cover - depends on the environment
-        raise ImportError("figures need matplotlib: pip install 'hybridflow[sbi]'") from error
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(figure: Any, path: str | os.PathLike[str], dpi: int = 100) -> Path:
-    """Render a matplotlib ``figure`` to PNG, close it and write the file atomically."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    pyplot().close(figure)
-    return atomic_write(path, lambda file: file.write(buffer.getvalue()))
+# pyplot, save_figure and write_text write any file, not only the command line's: hybridflow.io
+__getattr__ = moved_names(__name__, "hybridflow.io", ("pyplot", "save_figure", "write_text"))

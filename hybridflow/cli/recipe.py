@@ -35,21 +35,22 @@ from typing import Any
 import torch
 
 from hybridflow.cli.errors import UsageError
-from hybridflow.distributions import ConditionalFlow, FlowEnsemble, coupling_flow
-from hybridflow.layers import SPLINE_BOUND
-from hybridflow.networks import Glow
-from hybridflow.sbi import (
-    SLCP,
-    DigitsInverseProblem,
-    GaussianLinear,
-    NPEConfig,
-    Task,
-    TwoMoons,
+from hybridflow.cli.recipe_defaults import (
+    FLOW_MINIMUMS,
+    FLOW_OPTIONS,
+    SIMULATION_MINIMUMS,
+    SIMULATION_OPTIONS,
+    SUMMARY_MINIMUMS,
+    SUMMARY_OPTIONS,
+    TASK_OPTIONS,
+    TASKS,
 )
+from hybridflow.distributions import ConditionalFlow, FlowEnsemble, coupling_flow
+from hybridflow.networks import Glow
+from hybridflow.sbi import NPEConfig, Task
 from hybridflow.summary import CNN, MLP, Sequential, Standardize
 
 __all__ = [
-    "TASKS",
     "build_flow",
     "build_task",
     "check_recipe",
@@ -59,44 +60,6 @@ __all__ = [
     "recipe_summary",
 ]
 
-TASKS: dict[str, type[Task]] = {
-    "digits": DigitsInverseProblem,
-    "gaussian_linear": GaussianLinear,
-    "slcp": SLCP,
-    "two_moons": TwoMoons,
-}
-"""The tasks a recipe may name, with the class that :func:`build_task` calls."""
-
-_TASK_OPTIONS: dict[str, dict[str, Any]] = {
-    "digits": {"kind": "deblur", "noise_std": 0.05, "blur_std": 1.0, "keep": 0.5, "mask_seed": 0},
-    "gaussian_linear": {"dim": 10},
-    "slcp": {},
-    "two_moons": {},
-}
-_SIMULATIONS = {"count": 10_000, "seed": 0}
-_FLOW_COMMON = {"mode": "invert", "depth": 4, "hidden": 64, "seed": 0, "ensemble": 1}
-_FLOW = {
-    "glow": {**_FLOW_COMMON, "levels": 2, "squeeze": "pixel", "clamp": 2.0},
-    "coupling": {
-        **_FLOW_COMMON,
-        "coupling": "spline",
-        "bins": 8,
-        "bound": SPLINE_BOUND,
-        "support": "prior",
-    },
-}
-_SUMMARY = {
-    "cnn": {
-        "features": 8,
-        "hidden": 32,
-        "depth": 3,
-        "output": None,
-        "pool_size": 4,
-        "standardize": False,
-    },
-    "mlp": {"features": 8, "hidden": 64, "depth": 2, "standardize": True},
-    "none": {"standardize": True},
-}
 _OPTIONAL = ("patience", "clip_grad_norm")  # NPEConfig fields where `false` means None
 
 
@@ -133,20 +96,60 @@ def _check_sizes(
             )
 
 
-_FLOW_SIZES = {"depth": 1, "hidden": 1, "levels": 1, "bins": 1, "seed": 0, "ensemble": 1}
-_SUMMARY_SIZES = {
-    "cnn": {"features": 1, "hidden": 1, "depth": 1, "pool_size": 1},
-    "mlp": {"features": 1, "hidden": 1, "depth": 0},
-    "none": {},
-}
-
-
 def _choice(value: Any, choices: list[str], source: str, section: str, key: str) -> str:
     if value not in choices:
         raise UsageError(
             f"{_where(source, section)} {key} must be one of {', '.join(choices)}, got {value!r}"
         )
     return value
+
+
+def _kind(given: dict[str, Any], default: str, table: dict, source: str, section: str) -> str:
+    """The section's ``kind``: given or ``default``, one of ``table``'s."""
+    return _choice(given.get("kind", default), sorted(table), source, section, "kind")
+
+
+def _checked_flow(given: Any, task: str, images: bool, source: str) -> dict[str, Any]:
+    """The ``[flow]`` section, checked and filled: a Glow for images, couplings for vectors."""
+    if not isinstance(given, dict):
+        raise UsageError(f"{_where(source, 'flow')} must be a table, got {given!r}")
+    kind = _kind(given, "glow" if images else "coupling", FLOW_OPTIONS, source, "flow")
+    if (kind == "glow") != images:
+        shape, other = ("image", "vectors") if kind == "glow" else ("vector", "images")
+        fit = "coupling" if kind == "glow" else "glow"
+        raise UsageError(
+            f"{_where(source, 'flow')} kind {kind!r} needs {shape} parameters; task {task!r} "
+            f"has {other}: use kind = {fit!r}"
+        )
+    flow = {"kind": kind, **_fill(given, FLOW_OPTIONS[kind], source, "flow", ("kind",))}
+    _check_sizes(flow, FLOW_MINIMUMS, source, "flow")
+    if kind == "coupling":
+        _choice(flow["support"], ["prior", "real"], source, "flow", "support")
+    return flow
+
+
+def _checked_summary(
+    given: Any, flow_kind: str, task: str, images: bool, source: str
+) -> dict[str, Any]:
+    """The ``[summary]`` section, checked and filled: a CNN for images, an MLP for vectors."""
+    if not isinstance(given, dict):
+        raise UsageError(f"{_where(source, 'summary')} must be a table, got {given!r}")
+    kind = _kind(given, "cnn" if images else "mlp", SUMMARY_OPTIONS, source, "summary")
+    if kind == "cnn" and not images:
+        raise UsageError(
+            f"{_where(source, 'summary')} kind 'cnn' needs image observations; task {task!r} "
+            "has vectors: use kind = 'mlp' or 'none'"
+        )
+    summary = {"kind": kind, **_fill(given, SUMMARY_OPTIONS[kind], source, "summary", ("kind",))}
+    _check_sizes(summary, SUMMARY_MINIMUMS[kind], source, "summary")
+    if not isinstance(summary["standardize"], bool):
+        raise UsageError(
+            f"{_where(source, 'summary')} standardize must be true or false, got "
+            f"{summary['standardize']!r}"
+        )
+    if kind == "cnn" and summary["output"] is None:
+        summary["output"] = "field" if flow_kind == "glow" else "vector"
+    return summary
 
 
 def check_recipe(data: Any, source: str = "recipe") -> dict[str, Any]:
@@ -178,66 +181,12 @@ def check_recipe(data: Any, source: str = "recipe") -> dict[str, Any]:
     if not isinstance(task_section, dict) or "name" not in task_section:
         raise UsageError(f"{source}: [task] name is required (one of {', '.join(sorted(TASKS))})")
     name = _choice(task_section["name"], sorted(TASKS), source, "task", "name")
-    task = _fill(task_section, _TASK_OPTIONS[name], source, "task", ("name",))
+    task = _fill(task_section, TASK_OPTIONS[name], source, "task", ("name",))
     images = name == "digits"
-
-    simulations = _fill(data.get("simulations", {}), _SIMULATIONS, source, "simulations", ())
-    for key, minimum in (("count", 2), ("seed", 0)):
-        value = simulations[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise UsageError(
-                f"{_where(source, 'simulations')} {key} must be an int >= {minimum}, got {value!r}"
-            )
-
-    flow_section = data.get("flow", {})
-    flow_kind = _choice(
-        flow_section.get("kind", "glow" if images else "coupling"),
-        sorted(_FLOW),
-        source,
-        "flow",
-        "kind",
-    )
-    if flow_kind == "glow" and not images:
-        raise UsageError(
-            f"{_where(source, 'flow')} kind 'glow' needs image parameters; task {name!r} has "
-            "vectors: use kind = 'coupling'"
-        )
-    if flow_kind == "coupling" and images:
-        raise UsageError(
-            f"{_where(source, 'flow')} kind 'coupling' needs vector parameters; task {name!r} "
-            "has images: use kind = 'glow'"
-        )
-    flow = {"kind": flow_kind, **_fill(flow_section, _FLOW[flow_kind], source, "flow", ("kind",))}
-    _check_sizes(flow, _FLOW_SIZES, source, "flow")
-    if flow_kind == "coupling":
-        _choice(flow["support"], ["prior", "real"], source, "flow", "support")
-
-    summary_section = data.get("summary", {})
-    summary_kind = _choice(
-        summary_section.get("kind", "cnn" if images else "mlp"),
-        sorted(_SUMMARY),
-        source,
-        "summary",
-        "kind",
-    )
-    if summary_kind == "cnn" and not images:
-        raise UsageError(
-            f"{_where(source, 'summary')} kind 'cnn' needs image observations; task {name!r} "
-            "has vectors: use kind = 'mlp' or 'none'"
-        )
-    summary = {
-        "kind": summary_kind,
-        **_fill(summary_section, _SUMMARY[summary_kind], source, "summary", ("kind",)),
-    }
-    _check_sizes(summary, _SUMMARY_SIZES[summary_kind], source, "summary")
-    if not isinstance(summary["standardize"], bool):
-        raise UsageError(
-            f"{_where(source, 'summary')} standardize must be true or false, got "
-            f"{summary['standardize']!r}"
-        )
-    if summary_kind == "cnn" and summary["output"] is None:
-        summary["output"] = "field" if flow_kind == "glow" else "vector"
-
+    simulations = _fill(data.get("simulations", {}), SIMULATION_OPTIONS, source, "simulations", ())
+    _check_sizes(simulations, SIMULATION_MINIMUMS, source, "simulations")
+    flow = _checked_flow(data.get("flow", {}), name, images, source)
+    summary = _checked_summary(data.get("summary", {}), flow["kind"], name, images, source)
     defaults = {f.name: getattr(NPEConfig(), f.name) for f in fields(NPEConfig)}
     defaults.pop("progress")
     training = _fill(data.get("training", {}), defaults, source, "training", ())

@@ -27,16 +27,18 @@ from torch import Tensor
 
 from hybridflow.cli.errors import UsageError
 from hybridflow.cli.figures import image_posterior, vector_posterior
-from hybridflow.cli.help import HelpFormatter, plain
+from hybridflow.cli.help import add_command, add_threads_flag
 from hybridflow.cli.outputs import output_folder
 from hybridflow.cli.recipe import build_task, check_recipe
 from hybridflow.cli.threads import torch_threads
 from hybridflow.distributions import ConditionalFlow, FlowEnsemble
-from hybridflow.integrity import read_torch_file
+from hybridflow.io import atomic_torch_save, load, read_torch_file
 from hybridflow.sbi import Task, c2st
-from hybridflow.serialization import atomic_torch_save, load
 
-__all__ = ["add_parser", "draw_samples", "load_flow", "read_observations", "run"]
+__all__ = ["SUMMARY", "add_parser", "draw_samples", "load_flow", "read_observations", "run"]
+
+SUMMARY = "draw posterior samples from a saved model"
+"""The line of ``hybridflow sample`` in ``hybridflow --help``."""
 
 
 def load_flow(path: str | Path) -> tuple[ConditionalFlow | FlowEnsemble, dict[str, Any]]:
@@ -109,12 +111,7 @@ def _reference(task: Task, observations: Tensor, num: int, seed: int) -> Tensor 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``sample`` and its flags."""
-    parser = subparsers.add_parser(
-        "sample",
-        help="draw posterior samples from a saved model",
-        description=plain(__doc__),
-        formatter_class=HelpFormatter,
-    )
+    parser = add_command(subparsers, "sample", SUMMARY, __doc__)
     parser.add_argument("--model", required=True, type=Path, help="model file (model.pt)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--observations", type=Path, help="tensor file of observations")
@@ -125,9 +122,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
     parser.add_argument("--out", type=Path, default=Path("samples.pt"), help="output .pt file")
     parser.add_argument("--png", type=Path, help="also draw the samples to this PNG")
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (as train and the demo)"
-    )
+    add_threads_flag(parser, "as train and the demo")
     parser.add_argument(
         "--import",
         dest="imports",

@@ -20,8 +20,8 @@ from typing import Any, TextIO
 
 from hybridflow.cli.errors import UsageError
 from hybridflow.cli.figures import training_curve
-from hybridflow.cli.help import HelpFormatter, plain
-from hybridflow.cli.outputs import output_folder, pyplot, write_text
+from hybridflow.cli.help import add_command, add_threads_flag
+from hybridflow.cli.outputs import output_folder
 from hybridflow.cli.recipe import (
     build_flow,
     build_task,
@@ -33,10 +33,13 @@ from hybridflow.cli.recipe import (
 from hybridflow.cli.threads import torch_threads
 from hybridflow.distributions import ConditionalFlow, FlowEnsemble
 from hybridflow.errors import FileFormatError
-from hybridflow.sbi import EpochRecord, NPEHistory, NPETrainer, Task, load_checkpoint, simulate
-from hybridflow.serialization import save
+from hybridflow.io import load_checkpoint, pyplot, save, write_text
+from hybridflow.sbi import EpochRecord, NPEHistory, NPETrainer, Task, simulate
 
-__all__ = ["TrainResult", "add_parser", "run", "train_recipe"]
+__all__ = ["SUMMARY", "TrainResult", "add_parser", "run", "train_recipe"]
+
+SUMMARY = "train a posterior flow from a TOML config, with checkpoints and resume"
+"""The line of ``hybridflow train`` in ``hybridflow --help``."""
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -171,12 +174,7 @@ def train_recipe(
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``train`` and its flags."""
-    parser = subparsers.add_parser(
-        "train",
-        help="train a posterior flow from a TOML config, with checkpoints and resume",
-        description=plain(__doc__),
-        formatter_class=HelpFormatter,
-    )
+    parser = add_command(subparsers, "train", SUMMARY, __doc__)
     parser.add_argument("--config", required=True, type=Path, help="recipe file (.toml, .yaml)")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/<config name>)")
     group = parser.add_mutually_exclusive_group()
@@ -189,12 +187,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=int,
         help="override [training] max_epochs; with --resume, a finished run trains on to N",
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch CPU threads (as the demo: these small models run no faster on more)",
-    )
+    add_threads_flag(parser, "as the demo: these small models run no faster on more")
     parser.add_argument("--quiet", action="store_true", help="print nothing (errors only)")
     return parser
 

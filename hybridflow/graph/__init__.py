@@ -1,6 +1,7 @@
 """Graph runtime and planner: invertible, autograd and operator nodes in one graph."""
 
 from hybridflow.graph.builder import Graph
+from hybridflow.graph.cost import Budget
 from hybridflow.graph.explain import Plan, SegmentPlan
 from hybridflow.graph.memory import format_bytes, parse_bytes
 from hybridflow.graph.planner import BudgetError
@@ -8,6 +9,7 @@ from hybridflow.graph.runtime import GraphModule
 from hybridflow.graph.strategy import Strategy, StrategyKind
 
 __all__ = [
+    "Budget",
     "BudgetError",
     "Graph",
     "GraphModule",

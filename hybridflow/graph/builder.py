@@ -17,6 +17,7 @@ from hybridflow.operators.linear import LinearOperator
 from hybridflow.operators.operator import Operator
 
 if TYPE_CHECKING:
+    from hybridflow.graph.cost import Budget
     from hybridflow.graph.runtime import GraphModule
 
 __all__ = ["Graph"]
@@ -209,7 +210,7 @@ class Graph:
         self,
         sample: Mapping[str, Tensor],
         *,
-        memory_budget: int | float | str | None = None,
+        memory_budget: Budget | int | float | str | None = None,
         pin: Mapping[str, Strategy | str] | None = None,
         batch_size: int | None = None,
         cost: CostKind = "flops",

@@ -48,12 +48,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from torch import nn
 
 from hybridflow.autograd.microbatch import check_acts_per_sample
 from hybridflow.autograd.tiling import TileSize, tile_grid
+from hybridflow.graph.cost import CostModel, Estimate
 from hybridflow.graph.layer_memory import LayerUse
 from hybridflow.graph.nodes import Port
 from hybridflow.graph.profile import GraphProfile
@@ -98,31 +98,6 @@ def tile_factors(use: LayerUse, tile_size: TileSize | None) -> tuple[float, floa
     return largest, computed
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """The estimated cost of one segment under one strategy.
-
-    Attributes:
-        own_bytes: activations kept for backward that are not ports of the graph.
-        kept_ports: ports kept for backward (counted once per storage across segments).
-        working_bytes: memory the segment needs on top of what is kept, while it runs.
-        extra_cost: compute beyond plain autograd, in the profile's cost unit.
-        drift: the longest run of nodes rebuilt by inversion from one kept tensor (0 when
-            nothing is inverted); float32 reconstruction error grows with it.
-    """
-
-    own_bytes: float
-    kept_ports: frozenset[str]
-    working_bytes: float
-    extra_cost: float
-    drift: int
-
-
-def _bytes(profile: GraphProfile, port: str, scale: float) -> float:
-    meta = profile.ports[port]
-    return meta.nbytes * (scale if meta.batched else 1.0)
-
-
 def _tensor_ports(profile: GraphProfile, ports: Sequence[Port]) -> list[str]:
     """Tensor port names of ``ports`` (a tuple port stands for its items)."""
     names: list[str] = []
@@ -135,17 +110,16 @@ def _tensor_ports(profile: GraphProfile, ports: Sequence[Port]) -> list[str]:
     return names
 
 
-def estimate(
-    segment: Segment, strategy: Strategy, profile: GraphProfile, batch_size: int
-) -> Estimate:
-    """The :class:`Estimate` of ``segment`` run with ``strategy`` at ``batch_size``."""
-    scale = batch_size / profile.batch_size
+def estimate(segment: Segment, strategy: Strategy, costs: CostModel) -> Estimate:
+    """The :class:`~hybridflow.graph.cost.Estimate` of ``segment`` run with ``strategy`` at
+    the batch size of ``costs``."""
+    profile, scale, size = costs.profile, costs.scale, costs.port_bytes
+    batch_size = costs.batch_size
     nodes = [profile.nodes[name] for name in segment.nodes]
     saved = sum(n.saved_bytes for n in nodes) * scale
     saved_ports = frozenset(p for n in nodes for p in n.saved_ports)
     gradients = max(
-        GRADIENT_COPIES * n.largest_saved * scale
-        + sum(_bytes(profile, p, scale) for p in (*n.reads, *n.writes))
+        GRADIENT_COPIES * n.largest_saved * scale + sum(size(p) for p in (*n.reads, *n.writes))
         for n in nodes
     )
     forward = sum(n.cost for n in nodes) * scale
@@ -153,7 +127,7 @@ def estimate(
         return Estimate(saved, saved_ports, gradients, 0.0, 0)
     if strategy.kind == "checkpoint":
         kept = [p for p in _tensor_ports(profile, segment.reads) if p not in _logdet_in(segment)]
-        recomputed = saved + sum(_bytes(profile, p, scale) for p in saved_ports - set(kept))
+        recomputed = saved + sum(size(p) for p in saved_ports - set(kept))
         return Estimate(0.0, frozenset(kept), recomputed + gradients, forward, 0)
     # invert: the chain keeps its output, its condition and the anchors
     length = len(segment.nodes)
@@ -170,8 +144,7 @@ def estimate(
     sliced_forward = slices > 1 and strategy.anchor_every is None
     working, overlap = 0.0, 1.0
     for node in nodes:
-        x = _bytes(profile, node.reads[0], scale)
-        y = _bytes(profile, node.name, scale)
+        x, y = size(node.reads[0]), size(node.name)
         layers = node.layers or (LayerUse(node.saved_bytes, node.largest_saved, 0),)
         rebuild = run = 0.0
         for u in layers:

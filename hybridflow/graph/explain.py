@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from hybridflow.graph.cost import Budget
 from hybridflow.graph.memory import format_bytes
 from hybridflow.graph.segments import SegmentKind
 from hybridflow.graph.strategy import Strategy
@@ -13,7 +14,7 @@ from hybridflow.graph.strategy import Strategy
 __all__ = ["Plan", "SegmentPlan"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SegmentPlan:
     """The plan of one segment.
 
@@ -39,14 +40,15 @@ class SegmentPlan:
     extra_cost: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     """What the planner chose for a graph, with its estimates.
 
     Attributes:
         segments: one :class:`SegmentPlan` per segment, in the order of execution.
-        memory_budget: the budget in bytes (``math.inf`` for none given as unlimited), or
-            ``None`` when no budget was given (the cheapest plan flat in depth).
+        budget: the :class:`~hybridflow.graph.cost.Budget` planned for (its ``limit``, also
+            :attr:`memory_budget`: bytes, ``math.inf`` for unlimited, ``None`` when no budget
+            was given and the plan is the cheapest flat in depth).
         batch_size: the batch size the estimates are for.
         kept_bytes: estimated bytes kept for backward at the end of the forward pass.
         peak_bytes: estimated peak of a training step: parameter gradients, plus what is
@@ -59,7 +61,7 @@ class Plan:
     """
 
     segments: tuple[SegmentPlan, ...]
-    memory_budget: float | None
+    budget: Budget
     batch_size: int
     kept_bytes: float
     peak_bytes: float
@@ -68,6 +70,11 @@ class Plan:
     extra_cost: float
     forward_cost: float
     cost_unit: str
+
+    @property
+    def memory_budget(self) -> float | None:
+        """The budget in bytes (``math.inf``: unlimited), ``None`` when none was given."""
+        return self.budget.limit
 
     def strategies(self) -> dict[str, Strategy]:
         """The strategy of every node, by name."""
@@ -132,12 +139,10 @@ class Plan:
             "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]
         ]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        if self.memory_budget is None:
-            budget = "no budget (cheapest plan flat in depth)"
-        else:
-            budget = f"budget {format_bytes(self.memory_budget)}"
-            if not math.isinf(self.memory_budget):
-                budget += f" ({self.peak_bytes / self.memory_budget:.0%} used)"
+        budget = str(self.budget)
+        limit = self.budget.limit
+        if limit is not None and not math.isinf(limit):
+            budget += f" ({self.peak_bytes / limit:.0%} used)"
         lines += [
             "",
             f"batch {self.batch_size}: kept {format_bytes(self.kept_bytes)}, peak "

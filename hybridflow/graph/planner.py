@@ -2,7 +2,8 @@
 
 A plan's estimated peak is the parameter gradients, plus the bytes every segment keeps (a
 tensor kept by several segments counted once), plus the largest working set of a segment
-(:mod:`hybridflow.graph.estimates`). Among the plans whose peak fits the budget, the planner
+(:class:`~hybridflow.graph.cost.CostModel`; one segment's estimates come from
+:mod:`hybridflow.graph.estimates`). Among the plans whose peak fits the budget, the planner
 takes the least extra compute, then the smallest peak, then the least float32 drift (the
 longest run rebuilt by inversion). Anchors cost memory and save no compute, so they are
 used to meet a bound on the drift (``max_inverted_run``), not to fill the budget: memory the
@@ -20,13 +21,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from hybridflow.graph.estimates import Estimate
+from hybridflow.graph.cost import Budget, Choice, CostModel, Score
 from hybridflow.graph.memory import format_bytes
-from hybridflow.graph.profile import GraphProfile
 from hybridflow.graph.segments import Segment
-from hybridflow.graph.strategy import Strategy
 
 __all__ = ["EXHAUSTIVE_LIMIT", "BudgetError", "Choice", "search"]
 
@@ -48,100 +46,45 @@ class BudgetError(ValueError):
         self.minimum = minimum
 
 
-@dataclass(frozen=True)
-class Choice:
-    """One option of one segment, with what the search needs precomputed."""
-
-    strategy: Strategy
-    estimate: Estimate
-    aliases: frozenset[int]
-
-
-@dataclass(frozen=True)
-class _Score:
-    kept: float
-    peak: float
-    extra: float
-    drift: int
-
-
 def search(
     segments: Sequence[Segment],
-    options: Sequence[Sequence[tuple[Strategy, Estimate]]],
-    profile: GraphProfile,
-    batch_size: int,
-    budget: float,
+    options: Sequence[Sequence[Choice]],
+    costs: CostModel,
+    budget: Budget,
 ) -> tuple[list[Choice], float]:
     """The best choice per segment under ``budget``, and the smallest peak of any plan.
 
     Args:
         segments: the segments.
-        options: per segment, its strategies with their estimates.
-        profile: the sample run (port sizes and storage aliases).
-        batch_size: the batch size of the estimates.
-        budget: bound of the estimated peak (``math.inf`` for none).
+        options: per segment, its strategies with their estimates
+            (:meth:`CostModel.choice <hybridflow.graph.cost.CostModel.choice>`).
+        costs: the cost model at the planned batch size.
+        budget: the bound of the estimated peak.
 
     Raises:
         BudgetError: if no plan fits; it states the smallest peak.
     """
-    scale = batch_size / profile.batch_size
-    alias_bytes: dict[int, float] = {}
-    for meta in profile.ports.values():
-        size = meta.nbytes * (scale if meta.batched else 1.0)
-        alias_bytes[meta.alias] = max(alias_bytes.get(meta.alias, 0.0), size)
-
-    def choice(strategy: Strategy, est: Estimate) -> Choice:
-        aliases = frozenset(profile.ports[p].alias for p in est.kept_ports)
-        return Choice(strategy, est, aliases)
-
-    candidates = [_prune([choice(s, e) for s, e in opts]) for opts in options]
-
-    def score(plan: Sequence[Choice]) -> _Score:
-        aliases: set[int] = set()
-        own = 0.0
-        for c in plan:
-            aliases |= c.aliases
-            own += c.estimate.own_bytes
-        kept = own + sum(alias_bytes[a] for a in aliases)
-        working = max((c.estimate.working_bytes for c in plan), default=0.0)
-        return _Score(
-            kept,
-            profile.param_grad_bytes * 1.0 + kept + working,
-            sum(c.estimate.extra_cost for c in plan),
-            max((c.estimate.drift for c in plan), default=0),
-        )
-
-    def rank(s: _Score) -> tuple[float, ...]:
-        return (s.extra, s.peak, s.drift)
-
+    candidates = [_prune(list(opts)) for opts in options]
     total = math.prod(len(c) for c in candidates)
     best: tuple[Choice, ...] | None = None
     best_rank: tuple[float, ...] | None = None
     minimum = math.inf
     if total <= EXHAUSTIVE_LIMIT:
         for plan in itertools.product(*candidates):
-            s = score(plan)
+            s = costs.score(plan)
             minimum = min(minimum, s.peak)
-            if s.peak <= budget and (best_rank is None or rank(s) < best_rank):
-                best, best_rank = plan, rank(s)
+            if budget.fits(s.peak) and (best_rank is None or s.rank() < best_rank):
+                best, best_rank = plan, s.rank()
     else:
-        plan_list = [min(c, key=lambda o: _footprint(o, alias_bytes)) for c in candidates]
-        minimum = score(plan_list).peak
-        if minimum <= budget:
-            best = tuple(_greedy(plan_list, candidates, budget, score, rank))
+        plan_list = [min(c, key=costs.footprint) for c in candidates]
+        minimum = costs.score(plan_list).peak
+        if budget.fits(minimum):
+            best = tuple(_greedy(plan_list, candidates, budget, costs.score))
     if best is None:
         pinned = [s for s in segments if s.pin is not None]
         detail = f" with {len(pinned)} pinned segment(s)" if pinned else ""
-        raise BudgetError(budget, minimum, detail)
+        raise BudgetError(budget.bound, minimum, detail)
     return list(best), minimum
-
-
-def _footprint(option: Choice, alias_bytes: dict[int, float]) -> float:
-    return (
-        option.estimate.own_bytes
-        + sum(alias_bytes[a] for a in option.aliases)
-        + option.estimate.working_bytes
-    )
 
 
 def _prune(options: list[Choice]) -> list[Choice]:
@@ -178,13 +121,12 @@ def _prune(options: list[Choice]) -> list[Choice]:
 def _greedy(
     plan: list[Choice],
     candidates: Sequence[Sequence[Choice]],
-    budget: float,
-    score: Callable[[Sequence[Choice]], _Score],
-    rank: Callable[[_Score], tuple[float, ...]],
+    budget: Budget,
+    score: Callable[[Sequence[Choice]], Score],
 ) -> list[Choice]:
     """Improve ``plan`` one segment at a time while the budget holds."""
     current = list(plan)
-    current_rank = rank(score(current))
+    current_rank = score(current).rank()
     while True:
         best_move: tuple[tuple[float, ...], int, Choice] | None = None
         for i, options in enumerate(candidates):
@@ -193,9 +135,9 @@ def _greedy(
                     continue
                 trial = [*current[:i], option, *current[i + 1 :]]
                 s = score(trial)
-                better = best_move is None or rank(s) < best_move[0]
-                if s.peak <= budget and rank(s) < current_rank and better:
-                    best_move = (rank(s), i, option)
+                better = best_move is None or s.rank() < best_move[0]
+                if budget.fits(s.peak) and s.rank() < current_rank and better:
+                    best_move = (s.rank(), i, option)
         if best_move is None:
             return current
         current_rank, i, option = best_move

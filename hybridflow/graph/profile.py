@@ -1,7 +1,8 @@
 """Running the sample batch through a graph: shape and dtype checks, and per-node measurements.
 
 Each node runs once, on its own, with autograd recording (plain autograd: chains inside
-invertible nodes run in ``"store"`` mode for the occasion). While it runs, saved-tensor hooks
+invertible nodes run in ``"store"`` mode for the occasion, through
+:func:`~hybridflow.autograd.chains_in_mode`, which leaves their ``mode`` attributes alone). While it runs, saved-tensor hooks
 (:func:`torch.autograd.graph.saved_tensors_hooks`) list the storages its operations keep for
 backward; the parameters and buffers of the graph are left out (they live anyway). A storage
 shared with one of the node's inputs or outputs is recorded as that port, so that a tensor
@@ -11,8 +12,8 @@ counts matrix products and convolutions) plus one per element it reads or writes
 elementwise nodes and FFT-based operators are not free; or, with ``cost="time"``, the time of
 one forward pass without autograd.
 
-The run changes nothing: the global random state, the modes of nested chains and every
-module's ``state_dict`` (ActNorm's data-dependent initialisation, BatchNorm's running
+The run changes nothing: the global random state, every module's attributes and its
+``state_dict`` (ActNorm's data-dependent initialisation, BatchNorm's running
 statistics) are restored afterwards. Only one node's autograd graph is alive at a time, and a
 node's outputs are freed once their last reader has run.
 """
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from hybridflow.autograd.chain import Chain
+from hybridflow.autograd.modes import chains_in_mode
 from hybridflow.autograd.module import InvertibleModule
 from hybridflow.autograd.validation import validation_scope
 from hybridflow.graph.layer_memory import LayerMemory, LayerUse
@@ -91,7 +92,8 @@ class NodeProfile:
         writes: the tensor ports it produces.
         generic_rule: invertible nodes: whether the module uses the generic reconstructing
             rule (invert, then re-run forward: about two forward passes) rather than a
-            hand-written one (about one).
+            hand-written one (about one), in any of its layers
+            (:attr:`~hybridflow.InvertibleModule.uses_generic_rule`).
         layers: invertible nodes: the memory of each innermost invertible layer (a network
             given as one node is reconstructed layer by layer).
     """
@@ -138,20 +140,6 @@ def _storage_key(tensor: Tensor) -> tuple[int, int]:
 
 
 @contextmanager
-def _store_mode(modules: Sequence[nn.Module]) -> Iterator[None]:
-    """Run every chain inside ``modules`` in ``"store"`` mode, restoring the modes after."""
-    chains = [m for module in modules for m in module.modules() if isinstance(m, Chain)]
-    modes = [chain.mode for chain in chains]
-    try:
-        for chain in chains:
-            chain.mode = "store"
-        yield
-    finally:
-        for chain, mode in zip(chains, modes, strict=True):
-            chain.mode = mode
-
-
-@contextmanager
 def _restored_state(modules: Sequence[nn.Module]) -> Iterator[None]:
     """Restore every module's ``state_dict`` (and the global RNG) after the block."""
     snapshots = [
@@ -194,7 +182,7 @@ def profile_graph(
     tuples: dict[str, tuple[str, ...]] = {}
     ports: dict[str, PortMeta] = {}
     nodes: dict[str, NodeProfile] = {}
-    with _restored_state(modules), _store_mode(modules):
+    with _restored_state(modules), chains_in_mode("store"):
         for name in order:
             spec = specs[name]
             aliases: dict[str, str] = {}
@@ -321,7 +309,7 @@ def _run_node(
     generic = (
         spec.kind == "invertible"
         and isinstance(module, InvertibleModule)
-        and type(module).reconstruct_vjp is InvertibleModule.reconstruct_vjp
+        and module.uses_generic_rule
     )
     reads = [key for key, _ in read_pairs]
     profile = NodeProfile(

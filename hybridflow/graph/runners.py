@@ -6,7 +6,7 @@ together with the node modules they run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,10 +16,10 @@ from torch.utils.checkpoint import checkpoint
 from hybridflow.autograd.chain import Chain
 from hybridflow.autograd.checks import layer_place
 from hybridflow.autograd.microbatch import check_acts_per_sample
+from hybridflow.autograd.modes import Mode, chains_in_mode
 from hybridflow.errors import InputError, InputTypeError
-from hybridflow.graph.nodes import LOGDET, NodeSpec
+from hybridflow.graph.nodes import LOGDET, NodeSpec, Port
 from hybridflow.graph.segments import Segment
-from hybridflow.graph.slicing import run_sliced
 from hybridflow.graph.strategy import Strategy
 from hybridflow.graph.values import call_node, node_errors, read_port
 
@@ -29,14 +29,8 @@ Values = dict[str, Any]
 """The tensors computed so far in a call, by port (tuple items by item port)."""
 
 
-class InvertibleRunner:
-    """Runs an invertible segment as one :class:`~hybridflow.Chain` of its nodes' modules.
-
-    ``store`` runs the chain in ``"store"`` mode, ``checkpoint`` the same under
-    ``torch.utils.checkpoint``, ``invert`` in ``"invert"`` mode with the strategy's anchors and
-    micro-batches (the forward pass sliced too when there are no anchors, see
-    :mod:`hybridflow.graph.slicing`) and tiles. Chains nested in the nodes take the segment's mode. The
-    log determinant continues the one accumulated before the segment, if any.
+class _Runner:
+    """Runs one segment under its strategy.
 
     Args:
         segment: the segment.
@@ -56,18 +50,38 @@ class InvertibleRunner:
         self.strategy = strategy
         self.specs = [specs[name] for name in segment.nodes]
         self.tuples = dict(tuples)
+        self._setup()
+
+    def _setup(self) -> None:
+        """What a kind of runner prepares once, when the plan is installed."""
+
+    def _items(self, ports: Iterable[Port | str]) -> list[str]:
+        """The tensor keys behind ``ports`` (a tuple port stands for its items)."""
+        return [item for p in ports for item in self.tuples.get(str(p), (str(p),))]
+
+
+class InvertibleRunner(_Runner):
+    """Runs an invertible segment as one :class:`~hybridflow.Chain` of its nodes' modules.
+
+    ``store`` runs the chain in ``"store"`` mode, ``checkpoint`` the same under
+    ``torch.utils.checkpoint``, ``invert`` in ``"invert"`` mode with the strategy's anchors,
+    micro-batches (the forward pass sliced too when there are no anchors) and tiles. Chains
+    nested in the nodes run in the segment's mode for the call
+    (:func:`~hybridflow.autograd.chains_in_mode`; their ``mode`` attributes are left as the
+    user set them). The log determinant continues the one accumulated before the segment, if
+    any.
+    """
+
+    def _setup(self) -> None:
+        strategy = self.strategy
         modules: list[nn.Module] = [s.target for s in self.specs]  # type: ignore[misc]
-        mode = "invert" if strategy.kind == "invert" else "store"
-        for module in modules:
-            for sub in module.modules():
-                if isinstance(sub, Chain):
-                    sub.mode = mode
+        self.mode: Mode = "invert" if strategy.kind == "invert" else "store"
         self.chain = Chain(
             *modules,  # type: ignore[arg-type]
-            mode=mode,
+            mode=self.mode,
             anchor_every=strategy.anchor_every,
             micro_batches=strategy.micro_batches,
-            name=f"Graph segment {', '.join(repr(n) for n in segment.nodes)}",
+            name=f"Graph segment {', '.join(repr(n) for n in self.segment.nodes)}",
             tile_size=strategy.tile_size,
         )
 
@@ -81,46 +95,35 @@ class InvertibleRunner:
                     check_acts_per_sample(spec.target, f"Graph {spec.describe()}")
             if strategy.kind == "checkpoint":
                 args = (x,) if cond is None else (x, cond)
-                y, logdet = checkpoint(self.chain, *args, use_reentrant=False)
-            elif strategy.micro_batches > 1 and strategy.anchor_every is None:
-                y, logdet = run_sliced(self.chain, x, cond)
+                y, logdet = checkpoint(self._run, *args, use_reentrant=False)
             else:
-                y, logdet = self.chain(x, cond)
+                y, logdet = self._run(x, cond)
         if segment.logdet_in is not None:
             logdet = values[str(segment.logdet_in)] + logdet
         last = segment.nodes[-1]
         values[last] = y
         values[f"{last}.{LOGDET}"] = logdet
 
+    def _run(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The segment's chain, with every chain nested in its nodes in the segment's mode
+        (entered again when ``torch.utils.checkpoint`` recomputes it)."""
+        with chains_in_mode(self.mode):
+            return self.chain(x, cond)
 
-class NodesRunner:
+
+class NodesRunner(_Runner):
     """Runs autograd or operator nodes one after another, optionally under one checkpoint.
 
     The segment's inputs are passed to ``torch.utils.checkpoint`` as separate tensors (tuples
     item by item), since it keeps tensor arguments only; the exported values come back the
     same way.
 
-    Args:
-        segment: the segment.
-        strategy: ``store`` or ``checkpoint``.
-        specs: the nodes' specs, by name.
-        tuples: item ports of autograd nodes that return tuples.
-        read_keys: the tensors the segment reads, item by item.
+    The segment's strategy is ``store`` or ``checkpoint``.
     """
 
-    def __init__(
-        self,
-        segment: Segment,
-        strategy: Strategy,
-        specs: Mapping[str, NodeSpec],
-        tuples: Mapping[str, tuple[str, ...]],
-        read_keys: Sequence[str],
-    ) -> None:
-        self.strategy = strategy
-        self.specs = [specs[name] for name in segment.nodes]
-        self.tuples = dict(tuples)
-        self.read_keys = list(read_keys)
-        self.export_keys = [str(p) for p in segment.exports]
+    def _setup(self) -> None:
+        self.read_keys = self._items(self.segment.reads)
+        self.export_keys = [str(p) for p in self.segment.exports]
 
     def _body(self, *tensors: Tensor) -> tuple[Any, ...]:
         local: Values = dict(zip(self.read_keys, tensors, strict=True))
@@ -133,10 +136,7 @@ class NodesRunner:
                     local[f"{spec.name}.{i}"] = item
             else:
                 local[spec.name] = result
-        return tuple(local[item] for key in self.export_keys for item in self._items(key))
-
-    def _items(self, key: str) -> tuple[str, ...]:
-        return self.tuples.get(key, (key,))
+        return tuple(local[item] for item in self._items(self.export_keys))
 
     def __call__(self, values: Values) -> None:
         tensors = [values[k] for k in self.read_keys]
@@ -144,10 +144,8 @@ class NodesRunner:
             results = checkpoint(self._body, *tensors, use_reentrant=False)
         else:
             results = self._body(*tensors)
-        items = iter(results)
-        for key in self.export_keys:
-            for item in self._items(key):
-                values[item] = next(items)
+        for item, value in zip(self._items(self.export_keys), results, strict=True):
+            values[item] = value
 
 
 @contextmanager

@@ -15,11 +15,11 @@ from hybridflow.autograd.drift import DriftReport
 from hybridflow.autograd.microbatch import check_acts_per_sample
 from hybridflow.autograd.validation import data_checks, validation_scope
 from hybridflow.errors import InputTypeError
+from hybridflow.graph.cost import Budget, Choice, CostModel
 from hybridflow.graph.estimates import estimate, strategy_options
 from hybridflow.graph.explain import Plan, SegmentPlan
-from hybridflow.graph.memory import parse_bytes
 from hybridflow.graph.nodes import NodeSpec, Port
-from hybridflow.graph.planner import Choice, search
+from hybridflow.graph.planner import search
 from hybridflow.graph.profile import GraphProfile
 from hybridflow.graph.runners import InvertibleRunner, NodesRunner
 from hybridflow.graph.segments import Segment, segment_graph
@@ -35,8 +35,9 @@ class GraphModule(nn.Module):
     The modules of the nodes are submodules (under ``nodes.<name>``), so ``parameters()``,
     ``state_dict()``, ``.to()``, ``train()`` and ``eval()`` behave as for any module. The
     chains that run invertible segments are built from those same modules and are not
-    registered a second time. The plan sets the mode of every :class:`~hybridflow.Chain`
-    nested in an invertible node to its segment's (``"store"`` or ``"invert"``).
+    registered a second time. Every :class:`~hybridflow.Chain` nested in an invertible node
+    runs in its segment's mode (``"store"`` or ``"invert"``) while the graph runs it; the
+    graph sets no attribute of the nodes' modules (their own ``mode`` stays as given).
 
     Call it with the graph's inputs by name (or positionally, in the order they were
     declared); it returns a dict of the named outputs.
@@ -91,7 +92,7 @@ class GraphModule(nn.Module):
     # -- planning ---------------------------------------------------------------------------
     def plan(
         self,
-        memory_budget: int | float | str | None = None,
+        memory_budget: Budget | int | float | str | None = None,
         *,
         pin: Mapping[str, Strategy | str] | None = None,
         batch_size: int | None = None,
@@ -103,9 +104,10 @@ class GraphModule(nn.Module):
             memory_budget: bound of the estimated peak memory of a training step: parameter
                 gradients, plus the bytes kept for backward, plus the largest working set of a
                 segment (see :mod:`hybridflow.graph.estimates`). Bytes, or a string such as
-                ``"512MiB"`` or ``"2GB"``; ``math.inf`` or ``"unlimited"`` stores everything
-                that saves compute. ``None``: the cheapest plan whose memory does not grow with
-                the depth of invertible segments (``invert`` for those, ``store`` elsewhere).
+                ``"512MiB"`` or ``"2GB"``, or a :class:`~hybridflow.graph.Budget`; ``math.inf``
+                or ``"unlimited"`` stores everything that saves compute. ``None``: the cheapest
+                plan whose memory does not grow with the depth of invertible segments
+                (``invert`` for those, ``store`` elsewhere).
             pin: strategies fixed per node name; nodes with different pins never share a
                 segment.
             batch_size: the batch size to plan for; kept for later calls (default: the last
@@ -122,24 +124,24 @@ class GraphModule(nn.Module):
             ValueError: naming the node, for a bad pin (unknown node, a strategy its segment
                 cannot use, micro-batches for modules that couple samples).
         """
-        budget = None if memory_budget is None else parse_bytes(memory_budget)
+        budget = Budget.parse(memory_budget)
         batch = self.batch_size if batch_size is None else batch_size
         positive_int(batch, "batch_size", "Graph.plan")
         integer(max_inverted_run, "max_inverted_run", "Graph.plan", minimum=1, optional=True)
         pins = self._check_pins(pin or {})
         segments = segment_graph(self.specs, self.order, self.outputs, pins)
         modules = {n: s.module for n, s in self.specs.items()}
-        flat = budget is None
+        costs = CostModel(self.profile, batch)
         self._note_measured_drift()
         options = [
             [
-                (s, estimate(segment, s, self.profile, batch))
+                costs.choice(s, estimate(segment, s, costs))
                 for s in strategy_options(
                     segment,
                     modules,
                     batch,
                     self._run_bound(segment, max_inverted_run),
-                    flat,
+                    budget.flat,
                     self.profile,
                 )
             ]
@@ -151,14 +153,8 @@ class GraphModule(nn.Module):
                     f"Graph node {segment.nodes[0]!r}: no strategy of its segment rebuilds at "
                     f"most max_inverted_run={max_inverted_run} nodes"
                 )
-        choices, minimum = search(
-            segments,
-            options,
-            self.profile,
-            batch,
-            float("inf") if budget is None else budget,
-        )
-        plan = self._make_plan(segments, choices, budget, batch, minimum)
+        choices, minimum = search(segments, options, costs, budget)
+        plan = self._make_plan(segments, choices, costs, budget, minimum)
         self._install(segments, [c.strategy for c in choices])
         self.current_plan = plan
         self.batch_size = batch
@@ -221,47 +217,38 @@ class GraphModule(nn.Module):
         self,
         segments: Sequence[Segment],
         choices: Sequence[Choice],
-        budget: float | None,
-        batch: int,
+        costs: CostModel,
+        budget: Budget,
         minimum: float,
     ) -> Plan:
         """The :class:`Plan` of ``choices``, a tensor kept by several segments counted once."""
-        scale = batch / self.profile.batch_size
-        seen: set[int] = set()
-        rows = []
-        for segment, choice in zip(segments, choices, strict=True):
-            kept = choice.estimate.own_bytes
-            for port in sorted(choice.estimate.kept_ports):
-                meta = self.profile.ports[port]
-                if meta.alias not in seen:
-                    seen.add(meta.alias)
-                    kept += meta.nbytes * (scale if meta.batched else 1.0)
-            rows.append(
-                SegmentPlan(
-                    segment.index,
-                    segment.kind,
-                    segment.nodes,
-                    choice.strategy,
-                    segment.pin is not None,
-                    kept,
-                    choice.estimate.working_bytes,
-                    choice.estimate.extra_cost,
-                )
+        rows = tuple(
+            SegmentPlan(
+                index=segment.index,
+                kind=segment.kind,
+                nodes=segment.nodes,
+                strategy=choice.strategy,
+                pinned=segment.pin is not None,
+                kept_bytes=kept,
+                working_bytes=choice.estimate.working_bytes,
+                extra_cost=choice.estimate.extra_cost,
             )
-        kept_total = sum(r.kept_bytes for r in rows)
-        working = max((r.working_bytes for r in rows), default=0.0)
-        param = float(self.profile.param_grad_bytes)
+            for segment, choice, kept in zip(
+                segments, choices, costs.kept_bytes(choices), strict=True
+            )
+        )
+        score = costs.score(choices)
         return Plan(
-            tuple(rows),
-            budget,
-            batch,
-            kept_total,
-            param + kept_total + working,
-            minimum,
-            param,
-            sum(r.extra_cost for r in rows),
-            sum(n.cost for n in self.profile.nodes.values()) * scale,
-            self.profile.cost_unit,
+            segments=rows,
+            budget=budget,
+            batch_size=costs.batch_size,
+            kept_bytes=score.kept,
+            peak_bytes=score.peak,
+            minimum_peak_bytes=minimum,
+            param_grad_bytes=float(self.profile.param_grad_bytes),
+            extra_cost=score.extra,
+            forward_cost=costs.forward_cost,
+            cost_unit=self.profile.cost_unit,
         )
 
     def explain(self, print_table: bool = True) -> Plan:
@@ -278,7 +265,7 @@ class GraphModule(nn.Module):
         runners: list[InvertibleRunner | NodesRunner] = [
             InvertibleRunner(segment, strategy, self.specs, tuples)
             if segment.kind == "invertible"
-            else NodesRunner(segment, strategy, self.specs, tuples, self._items(segment.reads))
+            else NodesRunner(segment, strategy, self.specs, tuples)
             for segment, strategy in zip(segments, strategies, strict=True)
         ]
         # free each tensor once the last segment that reads it has run

@@ -49,7 +49,22 @@ class Identity(LinearOperator):
         return self
 
 
-class Adjoint(LinearOperator):
+class _Reversed(LinearOperator):
+    """An operator from ``operator``'s range to its domain (its adjoint or transpose), named
+    ``"<name>.<suffix>"``."""
+
+    def __init__(self, operator: LinearOperator, suffix: str) -> None:
+        super().__init__(
+            operator.out_shape,
+            operator.in_shape,
+            complex_input=operator.complex_output,
+            complex_output=operator.complex_input,
+            name=f"{operator.name}.{suffix}",
+        )
+        self.operator = operator
+
+
+class Adjoint(_Reversed):
     """The adjoint :math:`A^H` of an operator: its forward is ``A``'s adjoint and vice versa.
 
     Built by ``A.H``; ``A.H.H`` is ``A`` itself.
@@ -59,14 +74,7 @@ class Adjoint(LinearOperator):
     """
 
     def __init__(self, operator: LinearOperator) -> None:
-        super().__init__(
-            operator.out_shape,
-            operator.in_shape,
-            complex_input=operator.complex_output,
-            complex_output=operator.complex_input,
-            name=f"{operator.name}.H",
-        )
-        self.operator = operator
+        super().__init__(operator, "H")
 
     def _forward_map(self, x: Tensor) -> Tensor:
         return self.operator._checked_map(x, adjoint=True)
@@ -79,7 +87,7 @@ class Adjoint(LinearOperator):
         return self.operator
 
 
-class Transpose(LinearOperator):
+class Transpose(_Reversed):
     r"""The transpose :math:`A^T y = \overline{A^H \bar{y}}` of a complex operator.
 
     Built by ``A.T`` for an operator with a complex domain or range (for a real operator
@@ -90,14 +98,7 @@ class Transpose(LinearOperator):
     """
 
     def __init__(self, operator: LinearOperator) -> None:
-        super().__init__(
-            operator.out_shape,
-            operator.in_shape,
-            complex_input=operator.complex_output,
-            complex_output=operator.complex_input,
-            name=f"{operator.name}.T",
-        )
-        self.operator = operator
+        super().__init__(operator, "T")
 
     def _forward_map(self, x: Tensor) -> Tensor:
         return _conj(self.operator._checked_map(_conj(x), adjoint=True))

@@ -1,14 +1,14 @@
-"""Simulation-based inference: tasks, neural posterior estimation, reverse-KL training, metrics."""
+"""Simulation-based inference: tasks, neural posterior estimation, reverse-KL training, metrics.
 
-from hybridflow.sbi.c2st import C2STRecipe, c2st
-from hybridflow.sbi.calibration import (
-    CoverageResult,
-    SBCResult,
-    expected_coverage,
-    sbc,
-    sbc_ranks,
-)
-from hybridflow.sbi.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+:mod:`~hybridflow.sbi.tasks` (problems), :mod:`~hybridflow.sbi.data` (simulations),
+:mod:`~hybridflow.sbi.training` (one loop, two objectives), :mod:`~hybridflow.sbi.posterior`
+and :mod:`~hybridflow.sbi.tsnpe` (sampling, truncated rounds), :mod:`~hybridflow.sbi.metrics`,
+:mod:`~hybridflow.sbi.sbi_package` (the adapter to the ``sbi`` package). Checkpoints are
+:mod:`hybridflow.io`'s.
+"""
+
+from hybridflow.deprecation import module_aliases
+from hybridflow.io import atomic_write, load_checkpoint, save_checkpoint
 from hybridflow.sbi.data import (
     NonFinitePolicy,
     NonFiniteSimulationWarning,
@@ -17,35 +17,56 @@ from hybridflow.sbi.data import (
     check_simulations,
     simulate,
 )
-from hybridflow.sbi.digits import DigitsInverseProblem, DigitsKind, load_digits
-from hybridflow.sbi.linear_gaussian import GaussianLinear, LinearGaussian
-from hybridflow.sbi.moments import MomentErrors, moment_errors
-from hybridflow.sbi.npe import EpochRecord, NPEConfig, NPEHistory, NPETrainer
-from hybridflow.sbi.plots import coverage_figure, sbc_rank_figure
+from hybridflow.sbi.metrics import (
+    C2STRecipe,
+    CoverageResult,
+    MomentErrors,
+    SBCResult,
+    TARPResult,
+    c2st,
+    coverage_figure,
+    expected_coverage,
+    moment_errors,
+    sbc,
+    sbc_rank_figure,
+    sbc_ranks,
+    tarp,
+    tarp_coverage,
+)
 from hybridflow.sbi.posterior import (
     LeakageWarning,
     PosteriorSamples,
     rejection_sample,
     sample_posterior,
 )
-from hybridflow.sbi.reverse_kl import (
+from hybridflow.sbi.sbi_package import as_sbi_estimator, sbi_density_estimator
+from hybridflow.sbi.tasks import (
+    SLCP,
+    DigitsInverseProblem,
+    DigitsKind,
+    GaussianLinear,
+    LinearInverseProblem,
+    Task,
+    TwoMoons,
+    load_digits,
+)
+from hybridflow.sbi.training import (
+    EpochRecord,
+    NPEConfig,
+    NPEHistory,
+    NPETrainer,
     ReverseKLConfig,
     ReverseKLHistory,
     ReverseKLTrainer,
+    ScheduleKind,
     reverse_kl_loss,
 )
-from hybridflow.sbi.sbi_package import as_sbi_estimator, sbi_density_estimator
-from hybridflow.sbi.slcp import SLCP
-from hybridflow.sbi.tarp import TARPResult, tarp, tarp_coverage
-from hybridflow.sbi.task import Task
-from hybridflow.sbi.training import ScheduleKind
 from hybridflow.sbi.tsnpe import (
     TSNPERound,
     hpd_threshold,
     truncated_npe,
     truncated_prior_sample,
 )
-from hybridflow.sbi.two_moons import TwoMoons
 
 __all__ = [
     "SLCP",
@@ -56,7 +77,7 @@ __all__ = [
     "EpochRecord",
     "GaussianLinear",
     "LeakageWarning",
-    "LinearGaussian",
+    "LinearInverseProblem",
     "MomentErrors",
     "NPEConfig",
     "NPEHistory",
@@ -99,3 +120,7 @@ __all__ = [
     "truncated_npe",
     "truncated_prior_sample",
 ]
+
+__getattr__ = module_aliases(
+    __name__, {"LinearGaussian": ("LinearInverseProblem", lambda: LinearInverseProblem)}
+)

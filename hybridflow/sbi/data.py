@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from hybridflow.arguments import positive_int
-from hybridflow.sbi.task import Task
+from hybridflow.sbi.tasks.base import Task
 
 __all__ = [
     "NonFinitePolicy",

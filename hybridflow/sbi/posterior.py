@@ -33,20 +33,11 @@ class PosteriorSamples(NamedTuple):
     drawn: int
 
 
-def sample_posterior(
-    flow: nn.Module,
-    x_o: Any,
-    num_samples: int,
-    *,
-    prior: Distribution | None = None,
-    batch_size: int = 10_000,
-    max_rounds: int = 100,
-) -> Tensor:
+def sample_posterior(flow: nn.Module, x_o: Any, num_samples: int, **options: Any) -> Tensor:
     r"""``num_samples`` draws of :math:`q(\theta \mid x_o)` for one observation, ``(n, *event)``;
-    :func:`rejection_sample` with the samples only (see there for the arguments)."""
-    return rejection_sample(
-        flow, x_o, num_samples, prior=prior, batch_size=batch_size, max_rounds=max_rounds
-    ).samples
+    :func:`rejection_sample` with the samples only (its keywords ``prior``, ``batch_size``
+    and ``max_rounds`` are passed on; see there)."""
+    return rejection_sample(flow, x_o, num_samples, **options).samples
 
 
 def rejection_sample(

@@ -8,8 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from hybridflow.sbi.npe import NPEConfig, NPEHistory, NPETrainer
-from hybridflow.sbi.task import Task
+from hybridflow.sbi.tasks.base import Task
+from hybridflow.sbi.training.npe import NPEConfig, NPEHistory, NPETrainer
 
 __all__ = ["TSNPERound", "hpd_threshold", "truncated_npe", "truncated_prior_sample"]
 

@@ -31,10 +31,7 @@ def _max_relative(a: Tensor, b: Tensor) -> float:
 
 
 def check_inverse(
-    module: InvertibleModule,
-    x: Tensor,
-    cond: Tensor | None = None,
-    atol: float = 1e-10,
+    module: InvertibleModule, x: Tensor, cond: Tensor | None = None, atol: float = 1e-10
 ) -> None:
     """Assert ``inverse(forward(x)) == x``, ``forward(inverse(y)) == y`` and that the two
     log determinants cancel, to ``atol`` (relative to the values' scale when it exceeds 1).
@@ -63,10 +60,7 @@ def check_inverse(
 
 
 def check_logdet(
-    module: InvertibleModule,
-    x: Tensor,
-    cond: Tensor | None = None,
-    atol: float = 1e-8,
+    module: InvertibleModule, x: Tensor, cond: Tensor | None = None, atol: float = 1e-8
 ) -> None:
     """Assert that the log determinant equals ``slogdet`` of the autograd Jacobian, per sample.
 
@@ -214,14 +208,15 @@ def check_taylor(
     fn: Callable[[Tensor], Tensor],
     x: Tensor,
     direction: Tensor | None = None,
-    h0: float = 1e-2,
-    steps: int = 6,
+    *,
     tolerance: float = 0.3,
+    **options: float,
 ) -> TaylorResult:
-    """Assert that a Taylor test shows first-order error falling at least as O(h) and
-    second-order error as O(h^2) (observed rates at least ``1 - tolerance`` and
-    ``2 - tolerance``; a wrong gradient leaves the second-order error at O(h))."""
-    result = taylor_test(fn, x, direction, h0, steps)
+    """Assert that :func:`taylor_test` of ``fn`` at ``x`` (its ``options``: ``h0``, ``steps``,
+    ``seed``) shows first-order error falling at least as O(h) and second-order error as
+    O(h^2) (observed rates at least ``1 - tolerance`` and ``2 - tolerance``; a wrong gradient
+    leaves the second-order error at O(h))."""
+    result = taylor_test(fn, x, direction, **options)
     if result.first_order < 1 - tolerance or result.second_order < 2 - tolerance:
         raise AssertionError(
             f"Taylor test failed: first-order rate {result.first_order:.2f} (expected 1), "

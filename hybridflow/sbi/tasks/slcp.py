@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Uniform
 
-from hybridflow.sbi.task import Task
+from hybridflow.sbi.tasks.base import Task
 
 __all__ = ["SLCP"]
 
@@ -49,13 +49,8 @@ class SLCP(Task):
 
     name = "slcp"
 
-    @property
-    def theta_shape(self) -> tuple[int, ...]:
-        return (5,)
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        return (2 * _DRAWS,)
+    theta_shape = (5,)
+    x_shape = (2 * _DRAWS,)
 
     @property
     def prior(self) -> Distribution:

@@ -1,9 +1,8 @@
-"""Checkpoints (tensors and plain data only), checksummed and written atomically;
-``atomic_write`` for other outputs is :func:`hybridflow.serialization.atomic_write`,
-re-exported here.
+"""Training checkpoints (tensors and plain data only), checksummed and written atomically, and
+the checked read a trainer resumes from.
 
 On disk a checkpoint is ``{"format": "hybridflow-checkpoint", "version": 1, "state": state,
-"checksum": digest}``, where ``digest`` is :func:`hybridflow.integrity.digest` of the other
+"checksum": digest}``, where ``digest`` is :func:`hybridflow.io.digest` of the other
 three entries. Files without that envelope (checkpoints of hybridflow before checksums) are
 refused: they cannot be verified, so start those runs afresh.
 """
@@ -15,12 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from hybridflow.errors import ArgumentTypeError, FileFormatError
-from hybridflow.integrity import digest, read_torch_file, verify_digest
-from hybridflow.serialization import atomic_torch_save, atomic_write
+from hybridflow.errors import ArgumentError, ArgumentTypeError, CheckpointMismatch, FileFormatError
+from hybridflow.io.atomic import atomic_torch_save
+from hybridflow.io.integrity import digest, read_torch_file, verify_digest
 
-__all__ = ["CHECKPOINT_VERSION", "atomic_write", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "check_config_matches",
+    "load_checkpoint",
+    "load_run_checkpoint",
+    "save_checkpoint",
+]
 
 CHECKPOINT_VERSION = 1
 """The version of the checkpoint envelope that :func:`save_checkpoint` writes."""
@@ -29,7 +35,7 @@ _ENTRIES = {"format", "version", "state", "checksum"}
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Save a checkpoint atomically with :func:`hybridflow.serialization.atomic_torch_save`
+    """Save a checkpoint atomically with :func:`hybridflow.io.atomic_torch_save`
     (temporary file, then :func:`os.replace`), creating its folder if needed, with a SHA-256
     checksum over everything in it.
 
@@ -100,3 +106,72 @@ def load_checkpoint(
     if not isinstance(envelope["state"], dict):
         raise refuse(f"its state is a {type(envelope['state']).__name__}, not a dict")
     return envelope["state"]
+
+
+def load_run_checkpoint(
+    path: Path | None,
+    flow: nn.Module,
+    expected_format: str,
+    config: dict[str, Any],
+    may_change: tuple[str, ...],
+    owner: str,
+    kind: str,
+    required: tuple[str, ...] = ("model", "optimizer", "scheduler", "history", "rng"),
+) -> dict[str, Any] | None:
+    """The checkpoint a trainer resumes from, checked: its checksum, its format, that it has
+    the entries ``required`` and that its settings match ``config``; ``None`` when there is
+    no file yet. ``kind`` names the checkpoint in errors ("an NPE", "a reverse-KL").
+
+    Raises:
+        ArgumentError: ``path`` is ``None`` (resuming needs a checkpoint path).
+        FileFormatError: the file is damaged, not a checkpoint, or lacks an entry.
+        CheckpointMismatch: a checkpoint of another trainer, or of other settings.
+    """
+    if path is None:
+        raise ArgumentError(
+            f"{owner}.fit: resume=True needs a checkpoint path", argument="checkpoint"
+        )
+    if not path.exists():
+        return None
+    device = next((t.device for t in (*flow.parameters(), *flow.buffers())), torch.device("cpu"))
+    state = load_checkpoint(path, map_location=device)
+    if state.get("format") != expected_format:
+        raise CheckpointMismatch(
+            f"{path} is not {kind} checkpoint (format {state.get('format')!r}, expected "
+            f"{expected_format!r})",
+            path=path,
+        )
+    missing = [key for key in ("config", *required) if key not in state]
+    if missing or not isinstance(state["config"], dict):
+        raise FileFormatError(
+            f"{path}: {kind} checkpoint without {missing or 'a config dict'}", path=path
+        )
+    check_config_matches(state["config"], config, may_change, owner, path)
+    return state
+
+
+def check_config_matches(
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    may_change: tuple[str, ...],
+    where: str,
+    path: Path | None = None,
+) -> None:
+    """Refuse to resume a run whose settings changed (other than those in ``may_change``).
+
+    Raises:
+        CheckpointMismatch: naming each changed setting, old and new value.
+    """
+    changed = sorted(
+        key
+        for key in set(saved) | set(current)
+        if key not in may_change and saved.get(key) != current.get(key)
+    )
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        source = "the checkpoint" if path is None else str(path)
+        raise CheckpointMismatch(
+            f"{where}: {source} was written with other settings ({details}); resume with "
+            "the same configuration, or start afresh with resume=False",
+            path=path,
+        )

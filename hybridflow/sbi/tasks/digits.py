@@ -17,7 +17,7 @@ from torch.distributions import (
 
 from hybridflow.arguments import number
 from hybridflow.operators import Convolution, LinearOperator, Mask
-from hybridflow.sbi.task import Task
+from hybridflow.sbi.tasks.base import Task
 
 __all__ = ["DigitsInverseProblem", "DigitsKind", "load_digits"]
 

@@ -4,34 +4,31 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from hybridflow.arguments import boolean, one_of
-from hybridflow.autograd.drift import max_drift
-from hybridflow.sbi.checkpoint import save_checkpoint
-from hybridflow.sbi.task import Task
-from hybridflow.sbi.training import (
-    build_scheduler,
-    check_number,
-    forked_rng,
-    load_run_checkpoint,
-    model_device,
-    progress_bar,
-    restore_run,
-    restored_history,
-    rng_state,
-    scheduler_step,
+from hybridflow.arguments import integer, one_of
+from hybridflow.sbi.tasks.base import Task
+from hybridflow.sbi.training.loop import (
+    CheckpointSpec,
+    Objective,
+    TrainingLoop,
+    UnitResult,
+    check_loop_settings,
+    checked_trainer_arguments,
 )
 
 __all__ = ["ReverseKLConfig", "ReverseKLHistory", "ReverseKLTrainer", "reverse_kl_loss"]
 
-_FORMAT = "hybridflow.sbi.reverse_kl/1"
-_MAY_CHANGE = ("progress", "checkpoint_every")
+_CHECKPOINT = CheckpointSpec(
+    format="hybridflow.sbi.reverse_kl/1",
+    kind="a reverse-KL",
+    may_change=("progress", "checkpoint_every"),
+)
 
 
 @dataclass
@@ -66,20 +63,12 @@ class ReverseKLConfig:
 
     def __post_init__(self) -> None:
         w = "ReverseKLConfig"
-        check_number(w, "steps", self.steps, minimum=1, integer=True)
-        check_number(w, "batch_size", self.batch_size, minimum=1, integer=True)
-        check_number(w, "num_samples", self.num_samples, minimum=1, integer=True)
-        check_number(w, "learning_rate", self.learning_rate, minimum=0, open_low=True)
-        check_number(w, "weight_decay", self.weight_decay, minimum=0)
-        check_number(w, "min_learning_rate", self.min_learning_rate, minimum=0)
-        check_number(
-            w, "clip_grad_norm", self.clip_grad_norm, minimum=0, open_low=True, optional=True
-        )
-        check_number(w, "seed", self.seed, minimum=0, integer=True)
-        check_number(w, "checkpoint_every", self.checkpoint_every, minimum=1, integer=True)
+        integer(self.steps, "steps", w, minimum=1)
+        integer(self.batch_size, "batch_size", w, minimum=1)
+        integer(self.num_samples, "num_samples", w, minimum=1)
+        check_loop_settings(self, w)
         # no "plateau": the loss is a noisy estimate, with no plateau to watch
         one_of(self.schedule, "schedule", w, ("constant", "cosine"))
-        boolean(self.progress, "progress", w)
 
 
 @dataclass
@@ -164,10 +153,7 @@ class ReverseKLTrainer:
         *,
         checkpoint: str | os.PathLike[str] | None = None,
     ) -> None:
-        if not isinstance(flow, nn.Module):
-            raise TypeError(
-                f"ReverseKLTrainer: flow must be an nn.Module, got {type(flow).__name__}"
-            )
+        config = checked_trainer_arguments("ReverseKLTrainer", flow, config, ReverseKLConfig)
         if not isinstance(task, Task):
             raise TypeError(f"ReverseKLTrainer: task must be a Task, got {type(task).__name__}")
         if not task.differentiable:
@@ -175,21 +161,10 @@ class ReverseKLTrainer:
                 f"ReverseKLTrainer: task {task.name!r} has no differentiable likelihood and "
                 "prior density; train it with NPETrainer"
             )
-        config = ReverseKLConfig() if config is None else config
-        if not isinstance(config, ReverseKLConfig):
-            raise TypeError(
-                f"ReverseKLTrainer: config must be a ReverseKLConfig, got {type(config).__name__}"
-            )
         self.flow = flow
         self.task = task
         self.config = config
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
-
-    def _observations(self, observations: Tensor | None, generator: torch.Generator) -> Tensor:
-        if observations is None:
-            return self.task.sample_joint(self.config.batch_size, generator)[1]
-        index = torch.randint(len(observations), (self.config.batch_size,), generator=generator)
-        return observations[index]
 
     def fit(
         self,
@@ -216,95 +191,61 @@ class ReverseKLTrainer:
             FileFormatError: on resume, a damaged checkpoint (the message names it).
             RuntimeError: the loss became NaN/Inf.
         """
-        cfg = self.config
         if observations is not None:
             self.task.check_observation(observations, "ReverseKLTrainer.fit")
             if len(observations) == 0:
                 raise ValueError("ReverseKLTrainer.fit: observations are empty")
             if not torch.isfinite(observations).all():
                 raise ValueError("ReverseKLTrainer.fit: observations have NaN/Inf values")
-        device = model_device(self.flow)
-        params = [p for p in self.flow.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("ReverseKLTrainer: the flow has no trainable parameters")
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        scheduler = build_scheduler(
-            optimizer,
-            cfg.schedule,
-            cfg.steps,
-            factor=0.5,
-            patience=0,
-            min_learning_rate=cfg.min_learning_rate,
+        loop = TrainingLoop(
+            "ReverseKLTrainer", self.flow, self.config, self.config.steps, self.checkpoint
         )
-        generator = torch.Generator().manual_seed(cfg.seed + 1)
-        history = ReverseKLHistory()
-        with forked_rng(device):
-            torch.manual_seed(cfg.seed)
-            state = self._load() if resume else None
-            if state is not None:
-                path = self.checkpoint
-                history = restored_history(ReverseKLHistory, state["history"], path)
-                restore_run(state, path, self.flow, optimizer, scheduler, generator, device)
-            bar = progress_bar(cfg.progress, cfg.steps, history.steps, "reverse KL")
-            self.flow.train()
-            try:
-                while history.steps < cfg.steps:
-                    step = history.steps + 1
-                    x = self._observations(observations, generator).to(device)
-                    lr = optimizer.param_groups[0]["lr"]
-                    loss = reverse_kl_loss(self.flow, self.task, x, cfg.num_samples)
-                    if not torch.isfinite(loss):
-                        raise RuntimeError(
-                            f"ReverseKLTrainer: the loss is {float(loss)} at step {step}; lower "
-                            "the learning rate"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.clip_grad_norm is not None:
-                        nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
-                    optimizer.step()
-                    value = float(loss.detach())
-                    scheduler_step(scheduler, value)
-                    history.loss.append(value)
-                    history.learning_rate.append(lr)
-                    history.drift.append(max_drift(self.flow))
-                    if self.checkpoint is not None and (
-                        step == cfg.steps or step % cfg.checkpoint_every == 0
-                    ):
-                        state = self._state(optimizer, scheduler, history, generator, device)
-                        save_checkpoint(state, self.checkpoint)
-                    bar.update(1, loss=history.loss[-1])
-                    if on_step_end is not None:
-                        on_step_end(step, history.loss[-1])
-            finally:
-                bar.close()
-        return history
+        objective = _ReverseKLObjective(self, observations, on_step_end)
+        loop.run(objective, resume=resume)
+        return objective.history
 
-    def _state(
+
+class _ReverseKLObjective(Objective):
+    """Reverse KL from the task's likelihood, one gradient step a unit, for all ``steps``."""
+
+    spec = _CHECKPOINT
+    label = "reverse KL"
+
+    def __init__(
         self,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        history: ReverseKLHistory,
-        generator: torch.Generator,
-        device: torch.device,
-    ) -> dict[str, Any]:
-        return {
-            "format": _FORMAT,
-            "config": asdict(self.config),
-            "model": self.flow.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": None if scheduler is None else scheduler.state_dict(),
-            "history": asdict(history),
-            "rng": rng_state(generator, device),
-        }
+        trainer: ReverseKLTrainer,
+        observations: Tensor | None,
+        on_step_end: Callable[[int, float], None] | None,
+    ) -> None:
+        self.flow, self.task, self.config = trainer.flow, trainer.task, trainer.config
+        self.observations = observations
+        self.on_step_end = on_step_end
+        self.history = ReverseKLHistory()
 
-    def _load(self) -> dict[str, Any] | None:
-        return load_run_checkpoint(
-            self.checkpoint,
-            self.flow,
-            _FORMAT,
-            asdict(self.config),
-            _MAY_CHANGE,
-            "ReverseKLTrainer",
-            "a reverse-KL",
+    def units_done(self) -> int:
+        return self.history.steps
+
+    def _batch(self, generator: torch.Generator) -> Tensor:
+        """Observations of one step: simulated, or drawn with replacement from the given."""
+        if self.observations is None:
+            return self.task.sample_joint(self.config.batch_size, generator)[1]
+        index = torch.randint(
+            len(self.observations), (self.config.batch_size,), generator=generator
         )
+        return self.observations[index]
+
+    def train_unit(self, loop: TrainingLoop) -> UnitResult:
+        self.flow.train()
+        x = self._batch(loop.generator).to(loop.device)
+        loss = reverse_kl_loss(self.flow, self.task, x, self.config.num_samples)
+        at = f"step {self.history.steps + 1}"
+        value = loop.gradient_step(loss, at, "lower the learning rate")
+        self.history.loss.append(value)
+        return UnitResult(value, {"loss": value})
+
+    def finish_unit(self, unit: int, result: UnitResult) -> bool:
+        return unit >= self.config.steps
+
+    def report(self, unit: int, result: UnitResult) -> None:
+        if self.on_step_end is not None:
+            self.on_step_end(unit, self.history.loss[-1])

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Uniform
 
-from hybridflow.sbi.task import Task
+from hybridflow.sbi.tasks.base import Task
 
 __all__ = ["TwoMoons"]
 
@@ -53,13 +53,8 @@ class TwoMoons(Task):
 
     name = "two_moons"
 
-    @property
-    def theta_shape(self) -> tuple[int, ...]:
-        return (2,)
-
-    @property
-    def x_shape(self) -> tuple[int, ...]:
-        return (2,)
+    theta_shape = (2,)
+    x_shape = (2,)
 
     @property
     def prior(self) -> Distribution:

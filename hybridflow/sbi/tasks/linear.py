@@ -10,9 +10,9 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from hybridflow.arguments import positive_int
 from hybridflow.operators import Identity, LinearOperator
-from hybridflow.sbi.task import Task
+from hybridflow.sbi.tasks.base import Task
 
-__all__ = ["GaussianLinear", "LinearGaussian"]
+__all__ = ["GaussianLinear", "LinearInverseProblem"]
 
 
 def _positive(name: str, value: object, where: str) -> float:
@@ -26,8 +26,9 @@ def _positive(name: str, value: object, where: str) -> float:
     return float(value)
 
 
-class LinearGaussian(Task):
-    r"""A linear inverse problem with Gaussian prior and noise:
+class LinearInverseProblem(Task):
+    r"""A linear inverse problem with Gaussian prior and noise (any linear operator; the
+    sbibm benchmark with :math:`A = I` is :class:`GaussianLinear`):
     :math:`\theta \sim N(0, \tau^2 I)`, :math:`x = A\theta + \sigma \varepsilon`,
     :math:`\varepsilon \sim N(0, I)`.
 
@@ -112,8 +113,8 @@ class LinearGaussian(Task):
     def log_likelihood(self, theta: Tensor, x: Tensor) -> Tensor:
         r""":math:`-\|A\theta - x\|^2 / (2\sigma^2) - \tfrac{m}{2}\log(2\pi\sigma^2)`, ``(B,)``;
         the gradient in :math:`\theta` goes through the operator's adjoint."""
-        self.check_theta(theta, "LinearGaussian.log_likelihood")
-        self.check_observation(x, "LinearGaussian.log_likelihood")
+        self.check_theta(theta, f"{type(self).__name__}.log_likelihood")
+        self.check_observation(x, f"{type(self).__name__}.log_likelihood")
         residual = (self.operator(theta) - x).flatten(1)
         m = residual.shape[1]
         return -0.5 * residual.square().sum(1) / self.noise_std**2 - 0.5 * m * math.log(
@@ -122,7 +123,7 @@ class LinearGaussian(Task):
 
     def log_prior(self, theta: Tensor) -> Tensor:
         r""":math:`-\|\theta\|^2 / (2\tau^2) - \tfrac{n}{2}\log(2\pi\tau^2)`, ``(B,)``."""
-        self.check_theta(theta, "LinearGaussian.log_prior")
+        self.check_theta(theta, f"{type(self).__name__}.log_prior")
         flat = theta.flatten(1)
         n = flat.shape[1]
         return -0.5 * flat.square().sum(1) / self.prior_std**2 - 0.5 * n * math.log(
@@ -132,7 +133,7 @@ class LinearGaussian(Task):
     def posterior_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """The exact posterior mean ``(B, n)`` and covariance ``(n, n)`` (float64, flattened
         parameters) for observations ``x`` ``(B, *x_shape)``."""
-        self.check_observation(x, "LinearGaussian.posterior_moments")
+        self.check_observation(x, f"{type(self).__name__}.posterior_moments")
         flat = x.detach().to(torch.float64).cpu().flatten(1)
         mean = flat @ self._matrix @ self._covariance / self.noise_std**2
         return mean, self._covariance.clone()
@@ -159,11 +160,11 @@ class LinearGaussian(Task):
         return samples.to(self.dtype).reshape(num, *self.theta_shape)
 
 
-class GaussianLinear(LinearGaussian):
+class GaussianLinear(LinearInverseProblem):
     r"""sbibm's Gaussian linear task: :math:`\theta \sim N(0, 0.1 I_d)`,
     :math:`x \sim N(\theta, 0.1 I_d)`; posterior :math:`N(x / 2, 0.05 I_d)`.
 
-    The :class:`LinearGaussian` task with :math:`A = I` and :math:`\tau^2 = \sigma^2 = 0.1`.
+    The :class:`LinearInverseProblem` with :math:`A = I` and :math:`\tau^2 = \sigma^2 = 0.1`.
 
     Args:
         dim: dimension :math:`d` of parameters and observations.

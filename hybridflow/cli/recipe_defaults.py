@@ -1,0 +1,119 @@
+"""The defaults of a training recipe: the library's own, read from its signatures, and the few
+values the recipe adds (named constants below). The one place a recipe default is written."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from hybridflow.distributions import coupling_flow
+from hybridflow.networks import Glow
+from hybridflow.sbi import SLCP, DigitsInverseProblem, GaussianLinear, Task, TwoMoons
+from hybridflow.summary import CNN, MLP
+
+__all__ = [
+    "FLOW_MINIMUMS",
+    "FLOW_OPTIONS",
+    "RECIPE_SEED",
+    "SIMULATIONS",
+    "SIMULATION_MINIMUMS",
+    "SIMULATION_OPTIONS",
+    "SUMMARY_FEATURES",
+    "SUMMARY_MINIMUMS",
+    "SUMMARY_OPTIONS",
+    "TASKS",
+    "TASK_OPTIONS",
+    "library_defaults",
+]
+
+TASKS: dict[str, type[Task]] = {
+    "digits": DigitsInverseProblem,
+    "gaussian_linear": GaussianLinear,
+    "slcp": SLCP,
+    "two_moons": TwoMoons,
+}
+"""The tasks a recipe may name, with the class that
+:func:`hybridflow.cli.recipe.build_task` calls."""
+
+
+def library_defaults(function: Callable[..., Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """The defaults of ``function``'s parameters ``names``, read from its signature: a recipe
+    never restates a library default, so the two cannot disagree.
+
+    Raises:
+        TypeError: a name is not a parameter with a default (the library changed: the
+            recipe's table below must follow it).
+
+    Example:
+        >>> library_defaults(MLP, ("hidden", "depth"))
+        {'hidden': 64, 'depth': 2}
+    """
+    parameters = inspect.signature(function).parameters
+    missing = [
+        name
+        for name in names
+        if name not in parameters or parameters[name].default is inspect.Parameter.empty
+    ]
+    if missing:
+        raise TypeError(
+            f"recipe defaults: {function.__qualname__} has no default for {', '.join(missing)}"
+        )
+    return {name: parameters[name].default for name in names}
+
+
+# What the recipe adds to the library's defaults: the only default values written here.
+RECIPE_SEED = 0
+"""Seed of a recipe's weights (and of its simulations): a recipe trains the same flow twice."""
+SIMULATIONS = 10_000
+"""Simulated pairs of a recipe."""
+SUMMARY_FEATURES = 8
+"""Features of a summary network's output (the library's summaries require the number)."""
+
+TASK_OPTIONS: dict[str, dict[str, Any]] = {
+    "digits": library_defaults(
+        DigitsInverseProblem, ("kind", "noise_std", "blur_std", "keep", "mask_seed")
+    ),
+    "gaussian_linear": library_defaults(GaussianLinear, ("dim",)),
+    "slcp": {},
+    "two_moons": {},
+}
+SIMULATION_OPTIONS = {"count": SIMULATIONS, "seed": RECIPE_SEED}
+# keys of the recipe's [flow] that the network takes under the same name
+FLOW_OPTIONS = {
+    "glow": {
+        **library_defaults(Glow, ("mode", "depth", "hidden", "levels", "squeeze", "clamp")),
+        "seed": RECIPE_SEED,
+        "ensemble": 1,
+    },
+    "coupling": {
+        **library_defaults(coupling_flow, ("mode", "depth", "hidden", "coupling", "bins", "bound")),
+        "seed": RECIPE_SEED,
+        "ensemble": 1,
+        "support": "prior",  # the flow's mass stays inside a bounded prior
+    },
+}
+SUMMARY_OPTIONS = {
+    "cnn": {
+        "features": SUMMARY_FEATURES,
+        **library_defaults(CNN, ("hidden", "depth", "pool_size")),
+        "output": None,  # chosen by the flow: "field" for a Glow, else "vector"
+        "standardize": False,
+    },
+    "mlp": {
+        "features": SUMMARY_FEATURES,
+        **library_defaults(MLP, ("hidden", "depth")),
+        "standardize": True,
+    },
+    "none": {"standardize": True},
+}
+"""Per task, its options and their defaults."""
+
+# the smallest value of each size a recipe's sections accept
+SIMULATION_MINIMUMS = {"count": 2, "seed": 0}
+FLOW_MINIMUMS = {"depth": 1, "hidden": 1, "levels": 1, "bins": 1, "seed": 0, "ensemble": 1}
+SUMMARY_MINIMUMS = {
+    "cnn": {"features": 1, "hidden": 1, "depth": 1, "pool_size": 1},
+    "mlp": {"features": 1, "hidden": 1, "depth": 0},
+    "none": {},
+}
