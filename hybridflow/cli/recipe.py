@@ -79,6 +79,7 @@ _FLOW = {
     "glow": {**_FLOW_COMMON, "levels": 2, "squeeze": "pixel", "clamp": 2.0},
     "coupling": {
         **_FLOW_COMMON,
+        "depth": 5,  # coupling_flow's default (benchmarks/npe_defaults.py)
         "coupling": "spline",
         "bins": 8,
         "bound": SPLINE_BOUND,
@@ -94,7 +95,7 @@ _SUMMARY = {
         "pool_size": 4,
         "standardize": False,
     },
-    "mlp": {"features": 8, "hidden": 64, "depth": 2, "standardize": True},
+    "mlp": {"features": 32, "hidden": 64, "depth": 2, "standardize": True},
     "none": {"standardize": True},
 }
 _OPTIONAL = ("patience", "clip_grad_norm")  # NPEConfig fields where `false` means None
