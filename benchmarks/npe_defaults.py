@@ -1,27 +1,32 @@
 """Search for vector-NPE defaults: C2ST at 10^4 simulations on the project's four tasks.
 
 Tasks: two moons, Gaussian linear (10-D), SLCP, and SLCP with 92 uninformative distractor
-numbers appended and permuted (a Gaussian mixture independent of theta), trained with a
-standardising MLP summary network (``Sequential(Standardize, MLP)``). For each task and each
-configuration of the grid, the flow (``coupling_flow``, spline, bounded to the prior's
-support) trains with ``NPETrainer`` for at most ``--minutes`` of wall time (the epoch count
-is set from a timed first epoch), then C2ST (sbibm's recipe) compares ``--samples`` posterior
-samples with the reference posterior's for ``--observations`` reference observations.
+numbers appended and permuted (a Gaussian mixture independent of theta). Each configuration
+is a set of overrides of the training recipe (``hybridflow.cli.recipe``), so ``library`` is
+exactly what ``hybridflow train`` builds: a spline ``coupling_flow`` bounded to the prior's
+support, a standardising MLP summary and ``NPEConfig()``. The flow trains with
+``NPETrainer`` for at most ``--minutes`` of CPU time of this process (``time.process_time``:
+the machine may be shared); three timed epochs set ``max_epochs``, and the run may stop
+earlier by itself. C2ST (sbibm's recipe, or ``fast``) then compares ``--samples`` posterior
+samples with the reference posterior's for ``--observations`` reference observations;
+``--sbc N`` adds simulation-based calibration on Gaussian linear (KS p-value, Bonferroni
+over the 10 dimensions, on N fresh pairs).
 
-The grid is small on purpose (CPU is shared); each row of the CSV is one (task, config,
-observation). Run on one thread::
+Each row of the CSV is one (task, config, observation); ``best_validation_loss`` (the
+posterior's negative log density on the held-out pairs) compares configurations of one task
+without C2ST's cost. Run on one thread::
 
-    OMP_NUM_THREADS=1 python benchmarks/npe_defaults.py --tasks two_moons --minutes 3
-    OMP_NUM_THREADS=1 python benchmarks/npe_defaults.py --configs library --minutes 5
+    OMP_NUM_THREADS=1 python benchmarks/npe_defaults.py --tasks two_moons --configs library real
+    OMP_NUM_THREADS=1 python benchmarks/npe_defaults.py --tasks gaussian_linear --sbc 1000
 
 Targets of issue 15 (mean over 3 observations, <= 5 CPU-min each): two moons <= 0.54,
-Gaussian linear <= 0.54, SLCP <= 0.80, SLCP + distractors <= 0.85.
+Gaussian linear <= 0.54, SLCP <= 0.80, SLCP + distractors <= 0.85; figures measured so far
+are in ``benchmarks/results/npe_defaults_search.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from dataclasses import replace
@@ -31,19 +36,19 @@ import torch
 from torch import Tensor
 
 from hybridflow.bench.memory_depth import write_csv
-from hybridflow.distributions import ConditionalFlow, coupling_flow
+from hybridflow.cli.recipe import build_flow, check_recipe, fit_standardize, npe_config
+from hybridflow.distributions import ConditionalFlow
 from hybridflow.sbi import (
     SLCP,
     GaussianLinear,
-    NPEConfig,
     NPETrainer,
     Task,
     TwoMoons,
     c2st,
     sample_posterior,
+    sbc,
     simulate,
 )
-from hybridflow.summary import MLP, Sequential, Standardize
 
 __all__ = ["CONFIGS", "SLCPDistractors", "main", "run"]
 
@@ -84,29 +89,70 @@ TASKS: dict[str, type[Task]] = {
     "slcp": SLCP,
     "slcp_distractors": SLCPDistractors,
 }
-# flow size, summary width, optimiser and schedule; "library" is NPEConfig()'s and
-# coupling_flow's defaults (depth 4, hidden 64, summary width 64)
-CONFIGS: dict[str, dict] = {
+# Overrides of the recipe's sections ([flow], [summary], [training]). "library" is the recipe
+# as ``hybridflow train`` fills it: spline coupling_flow (depth 5, hidden 64, support="prior"),
+# MLP summary (32 features, Standardize first), NPEConfig() (batch 256, lr 1e-3, plateau).
+# "previous" restores the defaults before this search (depth 4, 8 features, batch 128, lr 5e-4).
+_PREVIOUS = {
+    "flow": {"depth": 4},
+    "summary": {"features": 8},
+    "training": {"batch_size": 128, "learning_rate": 5e-4},
+}
+CONFIGS: dict[str, dict[str, dict]] = {
     "library": {},
-    "wide": {"hidden": 128},
-    "deep": {"depth": 6},
-    "cosine": {"schedule": "cosine", "learning_rate": 1e-3},
-    "batch256": {"batch_size": 256, "learning_rate": 1e-3},
+    "real": {"flow": {"support": "real"}},
+    "standardize": {"summary": {"kind": "none"}},
+    "wide": {"flow": {"hidden": 128}},
+    "previous": _PREVIOUS,
+    "previous_real": {**_PREVIOUS, "flow": {"depth": 4, "support": "real"}},
+    "previous_standardize": {**_PREVIOUS, "summary": {"kind": "none"}},
+    # benchmarks/sbi_c2st.py's settings when issue 15 was filed (two moons 0.547, older C2ST)
+    "issue": {
+        "flow": {"depth": 5, "support": "real"},
+        "summary": {"kind": "none"},
+        "training": {"batch_size": 256, "learning_rate": 1e-3, "patience": 10, "max_epochs": 100},
+    },
 }
 
 
-def _flow(task: Task, data, depth: int, hidden: int) -> ConditionalFlow:
-    d = math.prod(task.theta_shape)
-    features = min(32, 2 * math.prod(task.x_shape))
-    summary = Sequential(
-        Standardize.from_data(data.x), MLP(list(task.x_shape), features, hidden=64, depth=2)
+def _recipe(name: str, config: str) -> dict:
+    """The checked recipe of task ``name`` with the overrides of ``config``."""
+    base = "slcp" if name == "slcp_distractors" else name
+    return check_recipe({"task": {"name": base}, **CONFIGS[config]}, f"config {config}")
+
+
+def _build(recipe: dict, task: Task, data) -> ConditionalFlow:
+    flow = build_flow(recipe, task)
+    fit_standardize(flow, data.x)
+    return flow
+
+
+def _train(recipe: dict, task: Task, data, seed: int, minutes: float):
+    """Train under a CPU-time cap: three timed epochs (the first is slower: ActNorm's
+    initialisation, warm-up) set ``max_epochs`` (the run still stops early by itself).
+    Returns the flow, its history and the CPU seconds of the run."""
+    config = npe_config(recipe, progress=False, seed=seed)
+    stamps = [time.process_time()]
+    NPETrainer(_build(recipe, task, data), replace(config, max_epochs=3)).fit(
+        data.theta, data.x, on_epoch_end=lambda record: stamps.append(time.process_time())
     )
-    return ConditionalFlow(
-        coupling_flow(d, features, depth=depth, hidden=hidden, support=task.prior),
-        summary,
-        event_shape=task.theta_shape,
-        observation_shape=task.x_shape,
+    per_epoch = (stamps[-1] - stamps[1]) / (len(stamps) - 2)
+    epochs = max(2, int((minutes * 60 - (stamps[1] - stamps[0])) / per_epoch) + 1)
+    flow = _build(recipe, task, data)
+    start = time.process_time()
+    history = NPETrainer(flow, replace(config, max_epochs=min(config.max_epochs, epochs))).fit(
+        data.theta, data.x
     )
+    return flow.eval(), history, time.process_time() - start
+
+
+def _sbc_row(task: Task, flow: ConditionalFlow, args: argparse.Namespace) -> dict:
+    """SBC on ``args.sbc`` fresh pairs from the joint: Bonferroni-corrected KS p-value."""
+    data = simulate(task, args.sbc, seed=args.seed + 1000)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        result = sbc(flow, data.theta, data.x, num_posterior_samples=args.sbc_samples)
+    return {"sbc_pairs": args.sbc, "sbc_min_pvalue": round(result.min_pvalue, 4)}
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -116,21 +162,11 @@ def run(args: argparse.Namespace) -> list[dict]:
         task = TASKS[name]()
         data = simulate(task, args.simulations, seed=args.seed)
         for config_name in args.configs:
-            options = dict(CONFIGS[config_name])
-            depth, hidden = options.pop("depth", 4), options.pop("hidden", 64)
-            torch.manual_seed(args.seed)
-            flow = _flow(task, data, depth, hidden)
-            config = replace(NPEConfig(seed=args.seed), **options)
-            start = time.perf_counter()
-            first = NPETrainer(flow, replace(config, max_epochs=1)).fit(data.theta, data.x)
-            per_epoch = time.perf_counter() - start
-            epochs = max(2, int(args.minutes * 60 / per_epoch))
-            torch.manual_seed(args.seed)
-            flow = _flow(task, data, depth, hidden)
-            config = replace(config, max_epochs=min(config.max_epochs, epochs))
-            start = time.perf_counter()
-            history = NPETrainer(flow, config).fit(data.theta, data.x)
-            seconds = time.perf_counter() - start + per_epoch * first.epochs
+            recipe = _recipe(name, config_name)
+            flow, history, seconds = _train(recipe, task, data, args.seed, args.minutes)
+            extra = {"sbc_pairs": 0, "sbc_min_pvalue": float("nan")}  # columns of every row
+            if args.sbc and name == "gaussian_linear":
+                extra = _sbc_row(task, flow, args)
             for index in range(args.observations):
                 _, x_o = task.observation(index)
                 samples = sample_posterior(flow, x_o, args.samples, prior=task.prior)
@@ -141,10 +177,18 @@ def run(args: argparse.Namespace) -> list[dict]:
                     "task": name,
                     "config": config_name,
                     "observation": index,
-                    "c2st": round(c2st(reference, samples), 4),
+                    **{
+                        f"c2st_{kind}": round(c2st(reference, samples, recipe=kind), 4)
+                        for kind in args.c2st
+                    },
                     "epochs": history.epochs,
                     "best_epoch": history.best_epoch,
-                    "train_seconds": round(seconds, 1),
+                    "best_validation_loss": round(
+                        min(history.validation_loss, default=float("nan")), 4
+                    ),
+                    "last_learning_rate": history.learning_rate[-1],
+                    "train_cpu_minutes": round(seconds / 60, 2),
+                    **extra,
                 }
                 rows.append(row)
                 print(", ".join(f"{k}={v}" for k, v in row.items()), flush=True)
@@ -152,13 +196,19 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["library"])
     parser.add_argument("--simulations", type=int, default=10_000)
     parser.add_argument("--observations", type=int, default=3)
     parser.add_argument("--samples", type=int, default=2000, help="samples per side of C2ST")
-    parser.add_argument("--minutes", type=float, default=5.0, help="training wall time, at most")
+    parser.add_argument("--minutes", type=float, default=5.0, help="training CPU time, at most")
+    parser.add_argument(
+        "--c2st", nargs="+", choices=["sbibm", "fast"], default=["sbibm"], help="C2ST recipes"
+    )
+    parser.add_argument("--sbc", type=int, default=0, help="SBC pairs (Gaussian linear; 0: none)")
+    parser.add_argument("--sbc-samples", type=int, default=100, help="posterior draws per pair")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "npe_defaults.csv"

@@ -68,7 +68,10 @@ RECIPE_SEED = 0
 SIMULATIONS = 10_000
 """Simulated pairs of a recipe."""
 SUMMARY_FEATURES = 8
-"""Features of a summary network's output (the library's summaries require the number)."""
+"""Features of a CNN summary's output (the library's summaries require the number)."""
+MLP_SUMMARY_FEATURES = 32
+"""Features of an MLP summary's output: more than Gaussian linear's 10-D sufficient statistic
+(benchmarks/npe_defaults.py)."""
 
 TASK_OPTIONS: dict[str, dict[str, Any]] = {
     "digits": library_defaults(
@@ -101,7 +104,7 @@ SUMMARY_OPTIONS = {
         "standardize": False,
     },
     "mlp": {
-        "features": SUMMARY_FEATURES,
+        "features": MLP_SUMMARY_FEATURES,
         **library_defaults(MLP, ("hidden", "depth")),
         "standardize": True,
     },

@@ -32,7 +32,7 @@ def coupling_flow(
     num_features: int,
     cond_features: int = 0,
     *,
-    depth: int = 4,
+    depth: int = 5,
     hidden: int = 64,
     coupling: CouplingKind = "spline",
     bins: int = 8,

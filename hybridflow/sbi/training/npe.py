@@ -47,8 +47,8 @@ class NPEConfig:
         schedule: learning-rate schedule, see :data:`~hybridflow.sbi.ScheduleKind`.
         schedule_factor: the plateau schedule's multiplier.
         schedule_patience: epochs without improvement before the plateau schedule acts.
-        min_learning_rate: floor of the plateau schedule (1/50 of the default learning rate:
-            six halvings), end of the cosine one.
+        min_learning_rate: floor of the plateau schedule (1/100 of the default learning
+            rate: seven halvings, the last one clipped), end of the cosine one.
         clip_grad_norm: clip the gradient's global norm to this (``None``: no clipping).
         seed: seed of the split, the shuffling and torch's global generator during training.
         nonfinite: what to do with simulations holding NaN/Inf (``"drop"`` or ``"raise"``).
@@ -57,8 +57,8 @@ class NPEConfig:
     """
 
     max_epochs: int = 200
-    batch_size: int = 128
-    learning_rate: float = 5e-4
+    batch_size: int = 256
+    learning_rate: float = 1e-3
     weight_decay: float = 0.0
     validation_fraction: float = 0.1
     patience: int | None = 20
