@@ -101,6 +101,8 @@ _PREVIOUS = {
 CONFIGS: dict[str, dict[str, dict]] = {
     "library": {},
     "real": {"flow": {"support": "real"}},
+    # Bounded with the spline's interval widened: do the spline's linear tails limit it?
+    "bound8": {"flow": {"bound": 8.0}},
     "standardize": {"summary": {"kind": "none"}},
     "wide": {"flow": {"hidden": 128}},
     "previous": _PREVIOUS,

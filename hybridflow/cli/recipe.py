@@ -324,7 +324,7 @@ def _build_member(recipe: dict[str, Any], task: Task, seed: int) -> ConditionalF
                     levels=flow["levels"],
                     depth=flow["depth"],
                     hidden=flow["hidden"],
-                    cond_channels=features,
+                    cond_features=features,
                     spatial_dims=len(theta_shape) - 1,
                     mode=flow["mode"],
                     squeeze=flow["squeeze"],

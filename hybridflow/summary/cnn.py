@@ -29,7 +29,7 @@ class CNN(nn.Module, Configurable):
     ``(B, out_features)`` for any input size; with ``output="field"``, a 1x1 convolution gives
     a feature map ``(B, out_features, *S)`` of the observation's size, the condition a
     multiscale image flow (:class:`~hybridflow.networks.Glow` with
-    ``cond_channels=out_features``) resizes to each of its scales.
+    ``cond_features=out_features``) resizes to each of its scales.
 
     Args:
         in_channels: channels of the observation.
