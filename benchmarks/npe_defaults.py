@@ -102,7 +102,10 @@ CONFIGS: dict[str, dict[str, dict]] = {
     "library": {},
     "real": {"flow": {"support": "real"}},
     # Bounded with the spline's interval widened: do the spline's linear tails limit it?
-    "bound8": {"flow": {"bound": 8.0}},
+    "bound8": {"flow": {"bound": 8.0, "support": "prior"}},
+    "prior": {"flow": {"support": "prior"}},
+    # AdamW's own default decay, against Gaussian linear's early overfitting (best epoch 7)
+    "decay": {"training": {"weight_decay": 1e-2}},
     "standardize": {"summary": {"kind": "none"}},
     "wide": {"flow": {"hidden": 128}},
     "previous": _PREVIOUS,

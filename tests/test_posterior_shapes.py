@@ -3,14 +3,25 @@ and the command line; an unbatched observation without ``observation_shape``."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from helpers import train_from_recipe
 
 from hybridflow.cli.main import main
+from hybridflow.cli.recipe import check_recipe
 from hybridflow.distributions import ConditionalFlow, Flow, coupling_flow
 from hybridflow.layers import SPLINE_BOUND, ConditionalAffine, ConditionalSpline, SplineCoupling
-from hybridflow.sbi import GaussianLinear, NPEConfig, NPETrainer, load_checkpoint, simulate
+from hybridflow.sbi import (
+    GaussianLinear,
+    LeakageWarning,
+    NPEConfig,
+    NPETrainer,
+    TwoMoons,
+    load_checkpoint,
+    simulate,
+)
 
 
 def test_one_parameter_flow_is_elementwise_and_spline_by_default() -> None:
@@ -223,3 +234,26 @@ def test_sample_import_loads_a_model_with_the_users_own_summary(tmp_path, capsys
         [*run, "--import", "no_such_module_x"], env=sys_path_env, capture_output=True, text=True
     )
     assert missing.returncode == 2 and "--import no_such_module_x" in missing.stderr
+
+
+def test_cli_samples_a_box_prior_task_by_rejection_inside_the_box(tmp_path, capsys) -> None:
+    out = train_from_recipe(
+        tmp_path,
+        '[task]\nname = "two_moons"\n[simulations]\ncount = 128\n'
+        "[flow]\ndepth = 1\nhidden = 8\n[summary]\nfeatures = 2\nhidden = 8\ndepth = 1\n"
+        '[training]\nmax_epochs = 1\nbatch_size = 64\nschedule = "constant"\npatience = false\n',
+    )
+    recipe = check_recipe({"task": {"name": "two_moons"}})
+    assert recipe["flow"]["support"] == "real"  # the default: rejection, not a Bounded layer
+    saved = tmp_path / "s.pt"
+    args = ["sample", "--model", str(out / "model.pt"), "--out", str(saved), "--num", "300"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LeakageWarning)  # an untrained flow leaks much
+        assert main([*args, "--c2st", "none"]) == 0
+    printed = capsys.readouterr().out
+    result = torch.load(saved, weights_only=True)
+    samples, inside = result["samples"], result["inside_prior"]
+    assert samples.shape == (300, 4, 2)
+    assert TwoMoons().prior.support.check(samples).all()  # every stored sample in the box
+    assert inside.shape == (4,) and ((inside > 0) & (inside < 1)).all()  # some were rejected
+    assert "(the others rejected)" in printed

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import importlib
 import io
+import math
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution
 
 from hybridflow.cli.errors import UsageError
 from hybridflow.cli.figures import image_posterior, vector_posterior
@@ -31,9 +33,9 @@ from hybridflow.cli.help import add_command, add_threads_flag
 from hybridflow.cli.outputs import output_folder
 from hybridflow.cli.recipe import build_task, check_recipe
 from hybridflow.cli.threads import torch_threads
-from hybridflow.distributions import ConditionalFlow, FlowEnsemble
+from hybridflow.distributions import ConditionalFlow, FlowEnsemble, support_bounds
 from hybridflow.io import atomic_torch_save, load, read_torch_file
-from hybridflow.sbi import Task, c2st
+from hybridflow.sbi import Task, c2st, rejection_sample
 
 __all__ = ["SUMMARY", "add_parser", "draw_samples", "load_flow", "read_observations", "run"]
 
@@ -96,6 +98,38 @@ def draw_samples(
             return flow(observations).sample((num,))
         except ValueError as error:
             raise UsageError(str(error)) from error
+
+
+def bounded_prior(task: Task | None) -> Distribution | None:
+    """The task's prior when it bounds vector parameters (a box, a half line), else ``None``."""
+    prior = None if task is None else getattr(task, "prior", None)
+    if prior is None or len(prior.event_shape) != 1:
+        return None
+    lower, upper = support_bounds(prior, prior.event_shape[0])
+    return prior if any(math.isfinite(v) for v in lower + upper) else None
+
+
+def draw_inside(
+    flow: ConditionalFlow | FlowEnsemble,
+    observations: Tensor,
+    num: int,
+    seed: int,
+    prior: Distribution,
+) -> tuple[Tensor, Tensor]:
+    """``num`` samples ``(num, B, D)`` per observation, drawn by rejection inside the prior's
+    support (:func:`~hybridflow.sbi.rejection_sample`: a flow on all of R^D leaks past a box),
+    and per observation the share of the flow's draws that fell inside."""
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        try:
+            drawn = [
+                rejection_sample(flow, observations[b : b + 1], num, prior=prior)
+                for b in range(observations.shape[0])
+            ]
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+    rates = torch.tensor([d.acceptance_rate for d in drawn], dtype=torch.float64)
+    return torch.stack([d.samples for d in drawn], dim=1), rates
 
 
 def _reference(task: Task, observations: Tensor, num: int, seed: int) -> Tensor | None:
@@ -218,7 +252,11 @@ def _write(
     missing: Tensor | None,
 ) -> int:
     """Sample and write ``args.out`` (and ``args.png``)."""
-    samples = draw_samples(flow, observations, args.num, args.seed)
+    prior = bounded_prior(task)
+    if prior is None:
+        samples, inside = draw_samples(flow, observations, args.num, args.seed), None
+    else:
+        samples, inside = draw_inside(flow, observations, args.num, args.seed, prior)
     result = {
         "samples": samples,
         "observations": observations,
@@ -242,10 +280,13 @@ def _write(
             + f"; mean {sum(scores) / len(scores):.3f}"
         )
     if task is not None and samples.dim() == 3:
-        inside = task.prior.support.check(samples).reshape(*samples.shape[:2], -1).all(-1)
-        result["inside_prior"] = inside.double().mean(0)
-        rates = ", ".join(f"{float(r):.1%}" for r in result["inside_prior"])
-        print(f"samples inside the prior's support: {rates}")
+        if inside is None:  # an unbounded prior: every sample lies inside
+            check = task.prior.support.check(samples).reshape(*samples.shape[:2], -1).all(-1)
+            inside = check.double().mean(0)
+        result["inside_prior"] = inside
+        rates = ", ".join(f"{float(r):.1%}" for r in inside)
+        rejected = "" if bool((inside == 1).all()) else " (the others rejected)"
+        print(f"samples inside the prior's support: {rates}{rejected}")
     atomic_torch_save(result, args.out)
     print(
         f"wrote {args.out}: samples {tuple(samples.shape)} for {observations.shape[0]} "
