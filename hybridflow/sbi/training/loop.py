@@ -170,7 +170,8 @@ class TrainingLoop:
         config: the trainer's settings (:class:`LoopSettings`; stored in checkpoints).
         total: units of the whole run (epochs, steps).
         checkpoint: the checkpoint file, or ``None``.
-        schedule_factor, schedule_patience: the plateau schedule's.
+        schedule_factor: the plateau schedule's multiplier.
+        schedule_patience: units without improvement before the plateau schedule acts.
 
     Raises:
         ValueError: the flow has no trainable parameters.
