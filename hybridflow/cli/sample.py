@@ -19,6 +19,7 @@ import importlib
 import io
 import math
 import sys
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,18 @@ def draw_samples(
     Raises:
         UsageError: observations that do not fit the flow (the message gives both shapes).
     """
+    with _seeded_draws(seed):
+        return flow(observations).sample((num,))
+
+
+@contextlib.contextmanager
+def _seeded_draws(seed: int) -> Iterator[None]:
+    """Draws without grad, reproducible from ``seed``, the global random state left as it was;
+    a flow's ``ValueError`` (observations that do not fit it) becomes a :class:`UsageError`."""
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         try:
-            return flow(observations).sample((num,))
+            yield
         except ValueError as error:
             raise UsageError(str(error)) from error
 
@@ -119,15 +128,11 @@ def draw_inside(
     """``num`` samples ``(num, B, D)`` per observation, drawn by rejection inside the prior's
     support (:func:`~hybridflow.sbi.rejection_sample`: a flow on all of R^D leaks past a box),
     and per observation the share of the flow's draws that fell inside."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(seed)
-        try:
-            drawn = [
-                rejection_sample(flow, observations[b : b + 1], num, prior=prior)
-                for b in range(observations.shape[0])
-            ]
-        except ValueError as error:
-            raise UsageError(str(error)) from error
+    with _seeded_draws(seed):
+        drawn = [
+            rejection_sample(flow, observations[b : b + 1], num, prior=prior)
+            for b in range(observations.shape[0])
+        ]
     rates = torch.tensor([d.acceptance_rate for d in drawn], dtype=torch.float64)
     return torch.stack([d.samples for d in drawn], dim=1), rates
 
