@@ -466,6 +466,36 @@ def test_sbc_and_coverage_tell_calibrated_from_overconfident() -> None:
     assert coverage.max_error > 0.25 and (coverage.coverage <= coverage.levels + 0.02).all()
 
 
+def test_sbc_of_the_exact_ten_dimensional_posterior_rejects_at_most_its_level() -> None:
+    """At the benchmark's size (Gaussian linear's 10 dimensions, 1000 pairs, 100 draws, KS
+    with Bonferroni), the exact posterior's ranks are rejected at the 5% level in at most 5%
+    of the pair sets (Bonferroni: fewer), so a rejected flow is not the test's doing."""
+    task = GaussianLinear()
+    exact = _GaussianPosterior(task, 1.0)
+    torch.manual_seed(0)
+    pvalues = [
+        sbc(exact, data.theta, data.x, 100, seed=seed).min_pvalue
+        for seed, data in ((s, simulate(task, 1000, seed=2000 + s)) for s in range(12))
+    ]
+    assert sum(p < 0.05 for p in pvalues) <= 2, pvalues
+    shifted = _ShiftedPosterior(task, 0.2)  # a bias of a fifth of the posterior's width
+    data = simulate(task, 1000, seed=1999)
+    assert sbc(shifted, data.theta, data.x, 100).min_pvalue < 1e-3
+
+
+class _ShiftedPosterior(_GaussianPosterior):
+    """The exact posterior of GaussianLinear, its mean moved by ``shift`` posterior widths."""
+
+    def __init__(self, task: GaussianLinear, shift: float) -> None:
+        super().__init__(task, 1.0)
+        self.shift = shift
+
+    def forward(self, x):
+        mean, covariance = self.task.posterior_moments(x)
+        mean = mean + self.shift * covariance.diagonal().sqrt()
+        return MultivariateNormal(mean.float(), covariance.float())
+
+
 # -- the example, the benchmark, the doc page, the sbi package ----------------------------
 
 

@@ -8,7 +8,8 @@ A recipe is a dict of sections, read from TOML (or YAML where PyYAML is installe
     [simulations]   count, seed
     [flow]          kind = "glow" (image parameters) | "coupling" (vectors), mode, depth,
                     hidden, seed, ensemble (K members, seeds seed .. seed + K - 1, whose
-                    mixture is the posterior); glow: levels, squeeze, clamp; coupling: coupling, bins, bound,
+                    mixture is the posterior); glow: levels, squeeze, clamp; coupling: coupling
+                    ("spline", "affine" from 8 parameters up: AFFINE_FROM), bins, bound,
                     support ("prior": the flow's mass stays inside a bounded prior; "real")
     [summary]       kind = "cnn" | "mlp" | "none", features, standardize (z-score the
                     observations with statistics of the training simulations: true for mlp
@@ -44,6 +45,8 @@ from hybridflow.cli.recipe_defaults import (
     SUMMARY_OPTIONS,
     TASK_OPTIONS,
     TASKS,
+    size_defaults,
+    task_sizes,
 )
 from hybridflow.distributions import ConditionalFlow, FlowEnsemble, coupling_flow
 from hybridflow.networks import Glow
@@ -187,6 +190,13 @@ def check_recipe(data: Any, source: str = "recipe") -> dict[str, Any]:
     _check_sizes(simulations, SIMULATION_MINIMUMS, source, "simulations")
     flow = _checked_flow(data.get("flow", {}), name, images, source)
     summary = _checked_summary(data.get("summary", {}), flow["kind"], name, images, source)
+    options = {k: v for k, v in task.items() if k != "name"}
+    if not images:  # defaults that follow the task's sizes
+        coupling, width = size_defaults(*task_sizes(name, options))
+        if flow["kind"] == "coupling" and "coupling" not in data.get("flow", {}):
+            flow["coupling"] = coupling
+        if summary["kind"] == "mlp" and "hidden" not in data.get("summary", {}):
+            summary["hidden"] = width
     defaults = {f.name: getattr(NPEConfig(), f.name) for f in fields(NPEConfig)}
     defaults.pop("progress")
     training = _fill(data.get("training", {}), defaults, source, "training", ())
@@ -198,7 +208,7 @@ def check_recipe(data: Any, source: str = "recipe") -> dict[str, Any]:
     except (TypeError, ValueError) as error:
         raise UsageError(f"{_where(source, 'training')} {error}") from error
     return {
-        "task": {"name": name, **{k: v for k, v in task.items() if k != "name"}},
+        "task": {"name": name, **options},
         "simulations": simulations,
         "flow": flow,
         "summary": summary,
