@@ -3,8 +3,9 @@
 Tasks: two moons, Gaussian linear (10-D), SLCP, and SLCP with 92 uninformative distractor
 numbers appended and permuted (a Gaussian mixture independent of theta). Each configuration
 is a set of overrides of the training recipe (``hybridflow.cli.recipe``), so ``library`` is
-exactly what ``hybridflow train`` builds: a spline ``coupling_flow`` bounded to the prior's
-support, a standardising MLP summary and ``NPEConfig()``. The flow trains with
+exactly what ``hybridflow train`` builds: a ``coupling_flow`` on all of R^D (spline or affine
+couplings, and the MLP summary's width, by the task's sizes: ``size_defaults``), a
+standardising MLP summary and ``NPEConfig()``. The flow trains with
 ``NPETrainer`` for at most ``--minutes`` of CPU time of this process (``time.process_time``:
 the machine may be shared); three timed epochs set ``max_epochs``, and the run may stop
 earlier by itself. C2ST (sbibm's recipe, or ``fast``) then compares ``--samples`` posterior
@@ -122,8 +123,17 @@ CONFIGS: dict[str, dict[str, dict]] = {
     "affine_none": {"flow": {"coupling": "affine"}, "summary": {"kind": "none"}},
     # spline couplings whatever the size: the library before AFFINE_FROM
     "spline": {"flow": {"coupling": "spline"}},
-    # a third of the learning rate: slower memorisation, later best epoch
-    "lr3e4": {"training": {"learning_rate": 3e-4}},
+    # Gaussian linear with spline couplings (validation loss only): smaller batches, narrower
+    # or shallower flows, fewer bins, strong weight decay, no summary, a third of the
+    # learning rate; none comes near the affine couplings
+    "spline_batch64": {"flow": {"coupling": "spline"}, "training": {"batch_size": 64}},
+    "spline_hidden32": {"flow": {"coupling": "spline", "hidden": 32}},
+    "spline_depth3": {"flow": {"coupling": "spline", "depth": 3}},
+    "spline_bins4": {"flow": {"coupling": "spline", "bins": 4}},
+    "spline_decay1e1": {"flow": {"coupling": "spline"}, "training": {"weight_decay": 0.1}},
+    "spline_none": {"flow": {"coupling": "spline"}, "summary": {"kind": "none"}},
+    "spline_lr3e4": {"flow": {"coupling": "spline"}, "training": {"learning_rate": 3e-4}},
+    "affine_hidden32": {"flow": {"coupling": "affine", "hidden": 32}},
     # the MLP summary's width on SLCP with distractors (100 inputs): 64 (the library before
     # size_defaults), 128 (the library since: the input's size rounded up to a power of two),
     # 256, and 128 with a third hidden layer
@@ -131,7 +141,10 @@ CONFIGS: dict[str, dict[str, dict]] = {
     "summary256": {"summary": {"hidden": 256}},
     "summary128_depth3": {"summary": {"hidden": 128, "depth": 3}},
     # stronger decoupled weight decay, against the summary fitting the distractors' noise
-    "decay5e2": {"training": {"weight_decay": 5e-2}},
+    "decay5e2": {"summary": {"hidden": 64}, "training": {"weight_decay": 5e-2}},
+    # half the learning rate, and half the MLP summary's output (distractors)
+    "lr5e4": {"training": {"learning_rate": 5e-4}},
+    "features16": {"summary": {"features": 16}},
     # benchmarks/sbi_c2st.py's settings when issue 15 was filed (two moons 0.547, older C2ST)
     "issue": {
         "flow": {"depth": 5, "support": "real"},

@@ -86,10 +86,10 @@ AFFINE_FROM = 8
 """Parameters from which a recipe's couplings default to ``"affine"`` (``"spline"`` below).
 At 10^4 simulations a spline flow for Gaussian linear's 10 parameters memorises its
 training pairs by epoch 7 (training loss -1.40 against the true posterior's -0.79; C2ST
-0.552, best validation loss -0.47) where affine couplings reach -0.61 and C2ST 0.537; two
-moons (2) and SLCP (5), whose posteriors are not Gaussian, need the spline
-(benchmarks/npe_defaults.py, configs library and affine). Between 5 and 10 parameters the
-threshold is not measured."""
+0.552, best validation loss -0.47) where affine couplings reach -0.61 and C2ST 0.524 (0.537
+in a second draw of the same flow's samples); two moons (2) and SLCP (5), whose posteriors
+are not Gaussian, keep the spline (benchmarks/npe_defaults.py, configs spline, affine and
+library). Between 5 and 10 parameters the threshold is not measured."""
 
 
 def size_defaults(parameters: int, observation: int) -> tuple[CouplingKind, int]:
