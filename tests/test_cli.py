@@ -287,6 +287,24 @@ def test_recipe_errors_from_building_name_the_section() -> None:
         build_flow(bad_clamp, build_task(bad_clamp))
 
 
+def test_vector_recipes_take_their_coupling_and_summary_width_from_the_task_sizes() -> None:
+    def sized(task: dict, **sections) -> tuple[str, int]:
+        recipe = check_recipe({"task": task, **sections})
+        return recipe["flow"]["coupling"], recipe["summary"]["hidden"]
+
+    assert sized({"name": "two_moons"}) == ("spline", 64)
+    assert sized({"name": "gaussian_linear"}) == ("affine", 64)  # 10 parameters
+    assert sized({"name": "gaussian_linear", "dim": 3}) == ("spline", 64)
+    assert sized({"name": "gaussian_linear", "dim": 100}) == ("affine", 128)
+    given = {"flow": {"coupling": "spline"}, "summary": {"hidden": 16}}
+    assert sized({"name": "gaussian_linear"}, **given) == ("spline", 16)  # the recipe wins
+    recipe = check_recipe({"task": {"name": "gaussian_linear"}})
+    flow = build_flow(recipe, build_task(recipe))
+    assert any(type(m).__name__ == "AffineCoupling" for m in flow.modules())
+    with pytest.raises(UsageError, match=r"\[task\] .*dim"):
+        check_recipe({"task": {"name": "gaussian_linear", "dim": 0}})
+
+
 def test_invalid_toml_is_reported(tmp_path, capsys) -> None:
     config = _config(tmp_path, "[task\nname = ", "broken.toml")
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "o")]) == 2
