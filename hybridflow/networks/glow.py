@@ -68,8 +68,8 @@ class Glow(Network):
         cond_features: channels of the condition; 0 for an unconditional flow (formerly
             ``cond_channels``).
         spatial_dims: 1, 2 or 3.
-        mode: ``"invert"`` (memory flat in depth and levels) or ``"store"`` (plain autograd);
-            the attribute :attr:`mode` reads and sets every chain of the network.
+        mode: ``"invert"`` (memory flat in depth and levels), ``"store"`` (plain autograd)
+            or ``"auto"`` (store while small: :class:`~hybridflow.Chain`); the attribute :attr:`mode` reads and sets every chain of the network.
         squeeze: ``"pixel"`` (Glow's space-to-depth) or ``"haar"`` (orthonormal wavelets:
             the factored-out channels are then the finest detail bands).
         subnet: optional conditioner factory ``subnet(in_features, out_features)`` replacing
