@@ -217,3 +217,25 @@ def test_a_chain_that_chose_store_compiles_to_one_graph():
     assert chain.mode_choice.mode == "store" and explanation.graph_break_count == 0
     torch.testing.assert_close(torch.compile(loss, backend="aot_eager")(x, cond), eager)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("kind", ["image", "vector"])
+def test_the_estimate_matches_what_store_mode_saves(kind):
+    """The probe's estimate at the real batch against the storages a store-mode call saves
+    (``saved_bytes`` also counts saved views of parameters, which cost no memory: the
+    estimate leaves them out, so it is below by at most the parameters' bytes)."""
+    from hybridflow.bench.probes import saved_bytes
+
+    if kind == "image":
+        inputs = (torch.randn(12, 2, 16, 16),)
+        chains = [glow_chain(2, 3, m, squeeze=True, hidden=16) for m in ("auto", "store")]
+    else:
+        inputs = (torch.randn(200, 5), torch.randn(200, 8))
+        chains = [coupling_flow(5, 8, depth=3, mode=m) for m in ("auto", "store")]
+    for chain in chains:
+        chain(*inputs)
+    measured = saved_bytes(lambda: chains[1](*inputs))
+    parameters = sum(p.numel() * p.element_size() for p in chains[1].parameters())
+    estimate = chains[0].mode_choice.kept_bytes
+    assert measured - parameters <= estimate <= measured
+    assert estimate > 0.5 * measured  # the activations are most of it
