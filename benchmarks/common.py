@@ -26,6 +26,7 @@ from hybridflow.bench import (
     measure_peak,
     measure_time,
     peak_since_reset,
+    process_rss,
     reset_peak,
     training_step,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "measure_time",
     "parse_or_run_child",
     "peak_since_reset",
+    "process_rss",
     "require_peak_probe",
     "reset_peak",
     "run_and_write",
