@@ -135,7 +135,7 @@ class CoverageResult(NamedTuple):
         levels: credibility levels :math:`\\alpha`, ``(k,)``.
         coverage: share of true parameters inside the level-:math:`\\alpha` region, ``(k,)``;
             equal to ``levels`` for a calibrated posterior, below for an overconfident one.
-        max_error: the largest :math:`|\\text{coverage} - \\alpha|` (a property).
+        max_error (float): the largest :math:`|\\text{coverage} - \\alpha|` (a property).
     """
 
     levels: Tensor

@@ -23,7 +23,7 @@ class TARPResult(NamedTuple):
             below for an overconfident or biased one, above for an underconfident one.
         fractions: ``(N,)`` the share :math:`f_i` of posterior samples closer to the reference
             point than the true parameter, per simulation (uniform for an accurate posterior).
-        max_error: the largest :math:`|\\text{coverage} - \\alpha|` (a property).
+        max_error (float): the largest :math:`|\\text{coverage} - \\alpha|` (a property).
     """
 
     levels: Tensor
