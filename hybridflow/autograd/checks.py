@@ -29,11 +29,11 @@ __all__ = [
     "check_input",
     "check_like",
     "first_parameter",
-    "given_condition",
     "inside_chain",
     "is_inside_chain",
     "layer_place",
     "named_layer_errors",
+    "required_condition",
 ]
 
 
@@ -204,7 +204,9 @@ def autocast_condition(cond: object, x: Tensor) -> object:
     return cond
 
 
-def given_condition(cond: object, where: str, cond_features: int, built: str = "layer") -> Tensor:
+def required_condition(
+    cond: object, where: str, cond_features: int, built: str = "layer"
+) -> Tensor:
     """The condition of a module built with ``cond_features > 0``, refused when it is missing
     or not a tensor (the messages name what was built: a ``"layer"``, a ``"flow"``)."""
     if cond is None:
@@ -238,7 +240,7 @@ def check_condition(cond: object, x: Tensor, where: str, cond_features: int) -> 
     """
     if cond_features == 0:
         return  # an unconditional layer ignores the condition its chain passes to every layer
-    cond = given_condition(cond, where, cond_features)
+    cond = required_condition(cond, where, cond_features)
     check_condition_like(cond, x, where)
     spatial = tuple(x.shape[2:])
     ok_vector = cond.dim() == 2

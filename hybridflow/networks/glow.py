@@ -14,7 +14,7 @@ from hybridflow.autograd.checks import (
     check_condition_like,
     check_finite,
     check_input,
-    given_condition,
+    required_condition,
 )
 from hybridflow.autograd.tiling import check_tile_size
 from hybridflow.deprecation import renamed_arguments, warn_deprecated
@@ -202,7 +202,7 @@ class Glow(Network):
             )
         if not self.cond_features:
             return None  # an unconditional module ignores the condition a chain passes it
-        cond = given_condition(cond, where, self.cond_features, built="flow")
+        cond = required_condition(cond, where, self.cond_features, built="flow")
         if (
             cond.dim() not in (2, x.dim())
             or cond.shape[0] != x.shape[0]
