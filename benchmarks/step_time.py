@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import GlowLike, add_size_options, training_step
+from common import GlowLike, add_size_options, interleaved_medians, training_step
 
 from hybridflow.distributions import ConditionalFlow, coupling_flow
 from hybridflow.summary import MLP
@@ -76,13 +75,7 @@ def vector_rows(repeats: int, compiled: bool) -> list[dict]:
     for step in steps.values():  # warm-up: ActNorm init, auto's probe, compilation
         for _ in range(3):
             step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    medians = interleaved_medians(steps, repeats)
     return [
         {"mode": name, "ms": ms, "ratio": ms / medians["store"]} for name, ms in medians.items()
     ]
@@ -122,13 +115,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for mode in args.modes:  # warm-up: ActNorm init, optimizer state, allocator pools
             for _ in range(2):
                 training_step(models[mode], optimizers[mode], x)
-        times: dict[str, list[float]] = {mode: [] for mode in args.modes}
-        for _ in range(args.repeats):
-            for mode in args.modes:
-                start = time.perf_counter()
-                training_step(models[mode], optimizers[mode], x)
-                times[mode].append(time.perf_counter() - start)
-        medians = {mode: statistics.median(t) * 1e3 for mode, t in times.items()}
+        runs = {
+            mode: partial(training_step, models[mode], optimizers[mode], x) for mode in args.modes
+        }
+        medians = interleaved_medians(runs, args.repeats)
         for mode in args.modes:
             rows.append(
                 {

@@ -7,8 +7,7 @@ import json
 
 import pytest
 import torch
-from helpers import flow_loss, glow_chain
-from torch import nn
+from helpers import NoisyCoupling, flow_loss, glow_chain
 
 import hybridflow as hf
 from hybridflow.autograd import chains_in_mode
@@ -99,22 +98,12 @@ def test_the_probe_leaves_data_init_and_the_random_state_as_they_were(limit, cho
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
 
 
-class _NoisyCoupling(AffineCoupling):
-    def __init__(self, channels):
-        super().__init__(
-            channels,
-            subnet=lambda i, o: nn.Sequential(
-                nn.Linear(i, 16), nn.Dropout(0.5), nn.Tanh(), nn.Linear(16, o)
-            ),
-        )
-
-
 @pytest.mark.parametrize(("limit", "chosen"), [(0, "invert"), ("unlimited", "store")])
 def test_random_layers_draw_as_in_the_mode_chosen(limit, chosen):
     """Dropout in the conditioners: inverting, the chain seeds its layers and replays their
     draws while reconstructing (as invert mode); storing, it draws as plain autograd."""
     torch.manual_seed(0)
-    layers = [_NoisyCoupling(4) for _ in range(3)]
+    layers = [NoisyCoupling(4) for _ in range(3)]
     reference = hf.Chain(*layers, mode=chosen).train().double()
     chain = hf.Chain(*layers, mode="auto", store_limit=limit).train().double()
     x = torch.randn(6, 4, dtype=torch.float64)
