@@ -253,6 +253,8 @@ class Chain(InvertibleModule):
         return frozenset((index,) for index in range(m, total, m))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if is_inside_chain():  # the outermost chain undoes a failed initialisation
+            return self._pass(x, cond, inverse=False)
         with rollback_data_init_on_error(self):
             return self._pass(x, cond, inverse=False)
 
@@ -273,11 +275,10 @@ class Chain(InvertibleModule):
                     "with cond_features > 0)",
                     where=("Chain",),
                 )
-        params = tuple(self.parameters())
         differentiable = torch.is_grad_enabled() and (
             h.requires_grad
             or (cond is not None and cond.requires_grad)
-            or any(p.requires_grad for p in params)
+            or any(p.requires_grad for p in self.parameters())
         )
         # An invert-mode chain seeds its layers whether or not it records a graph, so its
         # random numbers do not depend on the grad mode; so does a chain nested in a
@@ -299,7 +300,7 @@ class Chain(InvertibleModule):
                 self._inverting = True  # what seeds_layers() says while the Function runs
                 try:
                     return ReconstructingFunction.apply(
-                        self, inverse, self._slices(), h, cond, *params
+                        self, inverse, self._slices(), h, cond, *self.parameters()
                     )
                 finally:
                     self._inverting = False
