@@ -1,6 +1,8 @@
 r"""``mode="auto"``: store the activations when they are small, rebuild them when they matter.
 
-A chain in ``"auto"`` mode decides at each differentiable call. It estimates what plain
+A chain in ``"auto"`` mode decides at each call (without grad too, so that it seeds its
+layers' random streams as it would with grad; a chain nested in a pass without grad follows
+that pass instead). It estimates what plain
 autograd (store mode) would keep for backward at this call's batch :math:`B` as
 :math:`\text{fixed} + B \cdot \text{per sample}`, from the storages autograd saves while the
 chain runs its layers in store mode on two small slices of the batch (2 and 4 samples; the
@@ -59,7 +61,15 @@ class StoreEstimate:
 
 @dataclass(frozen=True)
 class ModeChoice:
-    """What an ``"auto"`` chain chose for one call, and why."""
+    """What an ``"auto"`` chain chose for one call, and why.
+
+    Attributes:
+        mode: ``"store"`` or ``"invert"``.
+        batch: the call's batch size.
+        kept_bytes: what plain autograd would keep at that batch (the estimate).
+        limit: ``store_limit`` in bytes.
+        estimate: the :class:`StoreEstimate` it came from.
+    """
 
     mode: Literal["store", "invert"]
     batch: int
@@ -174,7 +184,7 @@ class AutoMode:
             return f"{head} (set)"
         if self.last is None:
             limit = format_bytes(self.limit)
-            return f"{head}: no differentiable call yet; it will store within {limit}"
+            return f"{head}: no call yet; it will store within {limit}"
         return f"{head} chose {self.last}"
 
     def choose(

@@ -187,7 +187,7 @@ class Chain(InvertibleModule):
 
     @property
     def mode_choice(self) -> ModeChoice | None:
-        """What ``"auto"`` mode chose on the last differentiable call (``None`` before one)."""
+        """What ``"auto"`` mode chose for its last call (``None`` before the first)."""
         return self._auto.last
 
     def explain(self) -> str:
