@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from hybridflow.bench import (
     measure_peak,
     measure_time,
     peak_since_reset,
+    process_rss,
     reset_peak,
     training_step,
 )
@@ -36,6 +40,7 @@ __all__ = [
     "RESULTS",
     "TIME_ENV",
     "GlowLike",
+    "add_out_file_option",
     "add_process_options",
     "add_size_options",
     "create_out",
@@ -45,8 +50,10 @@ __all__ = [
     "measure_time",
     "parse_or_run_child",
     "peak_since_reset",
+    "process_rss",
     "require_peak_probe",
     "reset_peak",
+    "run_and_write",
     "run_child",
     "training_step",
     "write_csv",
@@ -126,3 +133,34 @@ def create_out(parser: argparse.ArgumentParser, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         parser.error(f"cannot create output folder {folder}: {error}")
+
+
+def add_out_file_option(parser: argparse.ArgumentParser, name: str) -> None:
+    """Add ``--out``, the CSV file a script writes: ``results/NAME`` next to the scripts by
+    default."""
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / name)
+
+
+def run_and_write(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], list[dict]],
+    write: Callable[[list[dict], Path], object],
+) -> list[dict]:
+    """The rows of ``run(args)``, written to ``args.out`` by ``write`` (and said so on
+    standard error)."""
+    rows = run(args)
+    write(rows, args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return rows
+
+
+def interleaved_medians(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median milliseconds of each run, the runs taking turns (one call each) for ``repeats``
+    rounds, so that every run sees the same machine load. Warm them up before."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}

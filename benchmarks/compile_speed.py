@@ -11,7 +11,6 @@ reported separately), and the median is reported.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import GlowLike, add_size_options, training_step
+from common import GlowLike, add_size_options, interleaved_medians, training_step
 
 
 def measure(mode: str, size: int, depth: int, hidden: int, batch: int, repeats: int) -> dict:
@@ -43,17 +42,12 @@ def measure(mode: str, size: int, depth: int, hidden: int, batch: int, repeats: 
     compile_seconds = time.perf_counter() - start
     for _ in range(3):
         training_step(eager, optimizers["eager"], x)
-    times: dict[str, list[float]] = {"eager": [], "compiled": []}
-    for _ in range(repeats):
-        for name, run in (
-            ("eager", lambda: training_step(eager, optimizers["eager"], x)),
-            ("compiled", lambda: compiled_step(compiled_model, optimizers["compiled"], x)),
-        ):
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    eager_ms = statistics.median(times["eager"]) * 1e3
-    compiled_ms = statistics.median(times["compiled"]) * 1e3
+    runs = {
+        "eager": lambda: training_step(eager, optimizers["eager"], x),
+        "compiled": lambda: compiled_step(compiled_model, optimizers["compiled"], x),
+    }
+    medians = interleaved_medians(runs, repeats)
+    eager_ms, compiled_ms = medians["eager"], medians["compiled"]
     return {
         "mode": mode,
         "graph_breaks": explanation.graph_break_count,

@@ -89,9 +89,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     print(f"{'model':<16} {'mode':<7} {'pass':<8} {'breaks':>6} {'explain':>7}  reasons")
     for name, build in (("Chain", _chain), ("Glow", _glow), ("ConditionalFlow", _conditional_flow)):
-        for mode in ("store", "invert"):
+        for mode in ("store", "invert", "auto"):
             torch.manual_seed(0)
-            loss, x = build(mode)
+            loss, x = build(mode)  # auto: its probe runs in this eager call
             for label, grad in (("train", True), ("no_grad", False)):
                 breaks, explained, reasons = count(loss, x, grad)
                 text = "; ".join(f"{n}x {_summary(r)}" for r, n in reasons.items())

@@ -171,19 +171,9 @@ def child(config: dict) -> None:
     )
 
 
-def _rss_bytes(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def try_side(config: dict, kill_above: float, timeout: float) -> dict:
     """Run one try in a fresh process under a watchdog; return the child's JSON (or why not)."""
-    from common import MEMORY_ENV
+    from common import MEMORY_ENV, process_rss
 
     process = subprocess.Popen(
         [sys.executable, str(Path(__file__)), "--child", json.dumps(config)],
@@ -196,7 +186,7 @@ def try_side(config: dict, kill_above: float, timeout: float) -> dict:
 
     def watch() -> None:
         while process.poll() is None:
-            if _rss_bytes(process.pid) > kill_above:
+            if process_rss(process.pid) > kill_above:
                 killed.set()
                 process.kill()
                 return

@@ -37,6 +37,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import add_out_file_option, run_and_write
+
 from hybridflow.bench.memory_depth import write_csv
 from hybridflow.cli.recipe import build_flow, check_recipe, fit_standardize, npe_config
 from hybridflow.cli.recipe_defaults import size_defaults
@@ -259,14 +263,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sbc", type=int, default=0, help="SBC pairs (Gaussian linear; 0: none)")
     parser.add_argument("--sbc-samples", type=int, default=100, help="posterior draws per pair")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "npe_defaults.csv"
-    )
-    args = parser.parse_args(argv)
-    rows = run(args)
-    write_csv(rows, args.out)
-    print(f"wrote {args.out}", file=sys.stderr)
-    return rows
+    add_out_file_option(parser, "npe_defaults.csv")
+    return run_and_write(parser.parse_args(argv), run, write_csv)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import add_out_file_option, run_and_write
+
 from hybridflow.distributions import ConditionalFlow, coupling_flow
 from hybridflow.sbi import (
     SLCP,
@@ -109,14 +113,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true")
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).parent / "results" / "sbi_c2st.csv"
-    )
-    args = parser.parse_args(argv)
-    rows = run(args)
-    _write_csv(rows, args.out)
-    print(f"wrote {args.out}", file=sys.stderr)
-    return rows
+    add_out_file_option(parser, "sbi_c2st.csv")
+    return run_and_write(parser.parse_args(argv), run, _write_csv)
 
 
 if __name__ == "__main__":

@@ -1,33 +1,84 @@
-"""Time per training step, store vs invert vs checkpoint vs tiled, side by side in one process.
+"""Time per training step, store vs invert vs checkpoint vs tiled vs auto, side by side.
 
 The Glow-like models of ``common.py`` (same parameters in every mode) take turns, one step
 each, for ``--repeats`` rounds after a warm-up; the median per mode is reported with its
 ratio to store mode. Interleaving puts every mode under the same machine load, which fresh
 processes timed one after another do not. Peak memory is measured by ``memory_depth.py``.
 Mode ``tiled`` is invert mode with the couplings run tile by tile (``--tile-size``); its
-ratio to ``invert`` is the cost of the halos and of the per-tile calls.
+ratio to ``invert`` is the cost of the halos and of the per-tile calls. Mode ``auto`` is the
+chain's own choice (store while plain autograd keeps at most 64 MiB): it should match
+``store`` at small depths and ``invert`` at large ones.
 
     python benchmarks/step_time.py --size 128 --depths 4 32
     python benchmarks/step_time.py --size 512 --depths 16 --modes invert tiled --tile-size 128
     OMP_WAIT_POLICY=PASSIVE python benchmarks/step_time.py --size 128 --depths 4 32
+
+``--vector`` times the vector posterior of issue 14 instead: a ConditionalFlow
+(``coupling_flow(5, 32)``, 5 steps of spline couplings, an MLP summary of 100 numbers) at
+batch 256, in store, invert and auto mode (``coupling_flow``'s default), eager and, with
+``--compiled``, under ``torch.compile`` (Inductor; the first calls compile, minutes on CPU):
+
+    python benchmarks/step_time.py --vector --repeats 21
+    python benchmarks/step_time.py --vector --compiled
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import GlowLike, add_size_options, training_step
+from common import GlowLike, add_size_options, interleaved_medians, training_step
 
-MODES = ("store", "invert", "checkpoint", "tiled")
+from hybridflow.distributions import ConditionalFlow, coupling_flow
+from hybridflow.summary import MLP
+
+MODES = ("store", "invert", "checkpoint", "tiled", "auto")
+VECTOR_MODES = ("store", "invert", "auto")
+
+
+class _VectorStep:
+    """One Adam step of a fresh vector ConditionalFlow (seed 0) in ``mode``; its negative
+    log-likelihood optionally compiled."""
+
+    def __init__(self, mode: str, compiled: bool, theta: torch.Tensor, x: torch.Tensor) -> None:
+        torch.manual_seed(0)
+        self.flow = ConditionalFlow(
+            coupling_flow(5, 32, mode=mode), MLP(100, 32), event_shape=(5,), validate=False
+        )
+        self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=1e-4)
+        self.theta, self.x = theta, x
+        self.loss = torch.compile(self._loss) if compiled else self._loss
+
+    def _loss(self) -> torch.Tensor:
+        return -self.flow(self.x).log_prob(self.theta).mean()
+
+    def __call__(self) -> None:
+        self.optimizer.zero_grad()
+        self.loss().backward()
+        self.optimizer.step()
+
+
+def vector_rows(repeats: int, compiled: bool) -> list[dict]:
+    """Median step times of the vector ConditionalFlow in each mode, interleaved."""
+    torch.manual_seed(0)
+    theta, x = torch.randn(256, 5), torch.randn(256, 100)
+    steps = {mode: _VectorStep(mode, False, theta, x) for mode in VECTOR_MODES}
+    if compiled:
+        steps |= {f"compiled {m}": _VectorStep(m, True, theta, x) for m in VECTOR_MODES}
+    for step in steps.values():  # warm-up: ActNorm init, auto's probe, compilation
+        for _ in range(3):
+            step()
+    medians = interleaved_medians(steps, repeats)
+    return [
+        {"mode": name, "ms": ms, "ratio": ms / medians["store"]} for name, ms in medians.items()
+    ]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -35,7 +86,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     add_size_options(parser, size=64, depths=[4, 16], batch=4, hidden=64, repeats=7)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES[:3]))
     parser.add_argument("--tile-size", type=int, default=128, help="tile edge of mode tiled")
+    parser.add_argument("--vector", action="store_true", help="the vector ConditionalFlow")
+    parser.add_argument("--compiled", action="store_true", help="--vector: compiled too")
     args = parser.parse_args(argv)
+    policy = os.environ.get("OMP_WAIT_POLICY", "default")
+    if args.vector:
+        rows = vector_rows(args.repeats, args.compiled)
+        print(
+            "vector ConditionalFlow step (theta 5-d, x 100-d, MLP summary, batch 256), "
+            f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}, median of "
+            f"{args.repeats}"
+        )
+        for r in rows:
+            print(f"{r['mode']:>16} {r['ms']:>8.2f} ms  {r['ratio']:.3f}x store")
+        return rows
     x = torch.randn(args.batch, 3, args.size, args.size)
     rows = []
     for depth in args.depths:
@@ -51,13 +115,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for mode in args.modes:  # warm-up: ActNorm init, optimizer state, allocator pools
             for _ in range(2):
                 training_step(models[mode], optimizers[mode], x)
-        times: dict[str, list[float]] = {mode: [] for mode in args.modes}
-        for _ in range(args.repeats):
-            for mode in args.modes:
-                start = time.perf_counter()
-                training_step(models[mode], optimizers[mode], x)
-                times[mode].append(time.perf_counter() - start)
-        medians = {mode: statistics.median(t) * 1e3 for mode, t in times.items()}
+        runs = {
+            mode: partial(training_step, models[mode], optimizers[mode], x) for mode in args.modes
+        }
+        medians = interleaved_medians(runs, args.repeats)
         for mode in args.modes:
             rows.append(
                 {
@@ -68,7 +129,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "vs_invert": medians[mode] / medians.get("invert", medians[mode]),
                 }
             )
-    policy = os.environ.get("OMP_WAIT_POLICY", "default")
     print(
         f"Glow-like step, {args.size}x{args.size}, batch {args.batch}, hidden {args.hidden}, "
         f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}, median of {args.repeats}"

@@ -15,16 +15,14 @@ the data checks (NaN/Inf) are skipped while compiling.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import add_size_options, write_csv
+from common import add_size_options, interleaved_medians, write_csv
 
 from hybridflow.distributions import ConditionalFlow, coupling_flow
 from hybridflow.summary import MLP
@@ -56,13 +54,7 @@ def step_times(batch: int, features: int, hidden: int, repeats: int) -> dict[str
         for _ in range(3):
             step()
         runs[f"validate={validate}"] = step
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    return interleaved_medians(runs, repeats)
 
 
 def graph_breaks(features: int, hidden: int) -> dict[str, int]:

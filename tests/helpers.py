@@ -57,6 +57,19 @@ def glow_chain(
     return chain
 
 
+class NoisyCoupling(AffineCoupling):
+    """An affine coupling with dropout in its conditioner: reconstruction must replay its
+    random mask."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(
+            channels,
+            subnet=lambda i, o: nn.Sequential(
+                nn.Linear(i, 16), nn.Dropout(0.5), nn.Tanh(), nn.Linear(16, o)
+            ),
+        )
+
+
 def perturb_parameters(module: nn.Module, scale: float) -> None:
     """Add ``scale`` times standard normal noise to every parameter (away from the identity
     initialisation) and mark every ActNorm initialised (no data-dependent init on the first

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import flow_loss, glow_chain
+from helpers import NoisyCoupling, flow_loss, glow_chain
 from torch import nn
 
 import hybridflow as hf
@@ -247,21 +247,9 @@ def test_drift_guard_keeps_nine_numbers_per_sample_and_layer():
         assert layers[depth] * per_layer <= extra <= (2 * layers[depth] + 8) * per_layer
 
 
-class _NoisyCoupling(AffineCoupling):
-    """Dropout in the conditioner: reconstruction must replay its random mask."""
-
-    def __init__(self, channels):
-        super().__init__(
-            channels,
-            subnet=lambda i, o: nn.Sequential(
-                nn.Linear(i, 16), nn.Dropout(0.5), nn.Tanh(), nn.Linear(16, o)
-            ),
-        )
-
-
 @pytest.mark.parametrize("nested", [False, True])
 def test_random_layers_are_replayed_during_reconstruction(float64, nested):
-    layers = [_NoisyCoupling(4) for _ in range(4)]
+    layers = [NoisyCoupling(4) for _ in range(4)]
     chain = (
         hf.Chain(layers[0], hf.Chain(*layers[1:3], mode="store"), layers[3])
         if nested
@@ -285,7 +273,7 @@ def test_random_layers_are_replayed_during_reconstruction(float64, nested):
 
 
 def test_random_layers_follow_manual_seed_and_advance_the_generator_deterministically():
-    chain = hf.Chain(*[_NoisyCoupling(4) for _ in range(3)]).train()
+    chain = hf.Chain(*[NoisyCoupling(4) for _ in range(3)]).train()
     x = torch.randn(6, 4)
 
     def run(seed):

@@ -378,7 +378,9 @@ def test_npe_trainer_logs_the_measured_drift():
     from hybridflow.sbi import NPEConfig, NPETrainer
 
     torch.manual_seed(0)
-    flow = hf.ConditionalFlow(coupling_flow(2, 3, depth=2, hidden=8), event_shape=(2,))
+    flow = hf.ConditionalFlow(
+        coupling_flow(2, 3, depth=2, hidden=8, mode="invert"), event_shape=(2,)
+    )
     theta, x = torch.randn(64, 2), torch.randn(64, 3)
     records = []
     config = NPEConfig(max_epochs=2, batch_size=32, validation_fraction=0.0, progress=False)

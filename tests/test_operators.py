@@ -487,6 +487,18 @@ def test_operator_decorator() -> None:
     check_adjoint(reverse_cumsum)
 
 
+def test_decorators_take_the_classes_keywords_and_check_them_at_once() -> None:
+    @operator(vjp=lambda g, x: g, name="identity")
+    def same(x: Tensor) -> Tensor:
+        return x
+
+    assert same.name == "identity"
+    with pytest.raises(TypeError, match="operator: missing a required argument: 'vjp'"):
+        operator(keep="output")
+    with pytest.raises(TypeError, match="linear_operator: got an unexpected keyword .*'shape'"):
+        linear_operator(adjoint=lambda y: y, in_shape=(3,), out_shape=(3,), shape=(3,))
+
+
 # -------------------------------------------------------------------- the NumPy bridge
 
 

@@ -33,8 +33,9 @@ def parameter_aliases(module: nn.Module) -> Iterator[None]:
                     alias = nn.Parameter(param.detach(), requires_grad=param.requires_grad)
                     aliases[id(param)] = alias
                 swapped.append((owner, name, param))
-                setattr(owner, name, alias)
+                # straight into the registry: nn.Module.__setattr__ re-checks every name
+                owner._parameters[name] = alias
         yield
     finally:
         for owner, name, param in reversed(swapped):
-            setattr(owner, name, param)
+            owner._parameters[name] = param

@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import get_args
 
 import torch
 from torch import Tensor, nn
 
 from hybridflow.arguments import boolean, integer, one_of
+from hybridflow.autograd.auto_mode import DEFAULT_STORE_LIMIT, AutoMode, ModeChoice
 from hybridflow.autograd.checks import check_entry, inside_chain, is_inside_chain
 from hybridflow.autograd.checks import named_layer_errors as _named_errors
 from hybridflow.autograd.data_init import all_initialized, rollback_data_init_on_error
 from hybridflow.autograd.drift import DriftGuard, DriftPolicy, DriftReport
 from hybridflow.autograd.function import ReconstructingFunction, Slices
 from hybridflow.autograd.microbatch import check_acts_per_sample
-from hybridflow.autograd.modes import Mode, active_mode
+from hybridflow.autograd.modes import Mode, active_mode, chains_in_mode
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
 from hybridflow.autograd.reconstruct import reconstruct_steps
 from hybridflow.autograd.record import PassRecord, at_layer
 from hybridflow.autograd.replay import ReplayState, is_replaying
-from hybridflow.autograd.running_stats import (
-    buffer_versions,
-    check_no_hidden_state,
-)
+from hybridflow.autograd.running_stats import check_no_hidden_state
 from hybridflow.autograd.tiling import TileSize, check_tile_size, check_tileable, tiled
 from hybridflow.autograd.validation import data_checks, torch_func_active
 from hybridflow.errors import ArgumentTypeError, InputError
@@ -49,7 +48,11 @@ class Chain(InvertibleModule):
             ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ``jacfwd``), which cannot
             pass through the reconstructing Function, an ``"invert"`` chain runs as ``"store"``.
             :func:`~hybridflow.autograd.chains_in_mode` runs chains in another mode for a
-            block of calls, without changing this attribute.
+            block of calls, without changing this attribute. ``"auto"`` stores when what
+            plain autograd keeps is at most ``store_limit`` and inverts otherwise, per call
+            (:mod:`hybridflow.autograd.auto_mode`; :meth:`explain` says what it chose);
+            nested chains store with it.
+        store_limit: that bound for ``"auto"``: bytes, or a size such as ``"512MiB"``.
         anchor_every: in ``"invert"`` mode, also keep the activation after every ``m``-th layer,
             and restart the reconstruction from it. This bounds the float32 drift that inversion
             accumulates over depth, at the memory of ``len(self) // m`` activations.
@@ -125,6 +128,7 @@ class Chain(InvertibleModule):
         name: str | None = None,
         validate: bool | None = None,
         tile_size: TileSize | None = None,
+        store_limit: int | float | str = DEFAULT_STORE_LIMIT,
     ) -> None:
         super().__init__()
         for i, module in enumerate(modules):
@@ -157,6 +161,8 @@ class Chain(InvertibleModule):
         self.tile_size = check_tile_size(tile_size, "Chain")
         if self.tile_size is not None:
             check_tileable(self, "Chain")
+        self._auto = AutoMode(store_limit, "Chain")
+        self._inverting = False
 
     @property
     def drift_report(self) -> DriftReport | None:
@@ -176,7 +182,25 @@ class Chain(InvertibleModule):
             "name": self.name,
             **({} if self.validate is None else {"validate": self.validate}),
             "tile_size": self.tile_size,
+            **self._auto.config_arguments(),
         }
+
+    @property
+    def mode_choice(self) -> ModeChoice | None:
+        """What ``"auto"`` mode chose for its last call (``None`` before the first)."""
+        return self._auto.last
+
+    def explain(self) -> str:
+        """Which mode the chain runs in, and for ``"auto"`` what it chose last and why.
+
+        Example:
+            >>> import torch, hybridflow as hf
+            >>> chain = hf.Chain(hf.layers.ActNorm(2), mode="auto")
+            >>> _ = chain(torch.randn(8, 2, requires_grad=True))
+            >>> print(chain.explain())  # doctest: +ELLIPSIS
+            Chain of 1 layers: mode 'auto' chose 'store': plain autograd would keep about ...
+        """
+        return self._auto.explain(f"{self.describe()}: mode {self.mode!r}", self.mode == "auto")
 
     def __len__(self) -> int:
         return len(self.layers)
@@ -203,7 +227,8 @@ class Chain(InvertibleModule):
     @property
     def active_mode(self) -> Mode:
         """The mode the chain runs in now: :attr:`mode`, unless
-        :func:`~hybridflow.autograd.chains_in_mode` imposes another."""
+        :func:`~hybridflow.autograd.chains_in_mode` imposes another (``"auto"`` chooses at
+        each call)."""
         return active_mode(self.mode)
 
     def describe(self) -> str:
@@ -228,6 +253,8 @@ class Chain(InvertibleModule):
         return frozenset((index,) for index in range(m, total, m))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if is_inside_chain():  # the outermost chain undoes a failed initialisation
+            return self._pass(x, cond, inverse=False)
         with rollback_data_init_on_error(self):
             return self._pass(x, cond, inverse=False)
 
@@ -248,27 +275,48 @@ class Chain(InvertibleModule):
                     "with cond_features > 0)",
                     where=("Chain",),
                 )
-        params = tuple(self.parameters())
         differentiable = torch.is_grad_enabled() and (
             h.requires_grad
             or (cond is not None and cond.requires_grad)
-            or any(p.requires_grad for p in params)
+            or any(p.requires_grad for p in self.parameters())
         )
         # An invert-mode chain seeds its layers whether or not it records a graph, so its
         # random numbers do not depend on the grad mode; so does a chain nested in a
         # reconstructing pass (Chain.reconstruct_vjp re-runs it that way). A store-mode chain
-        # draws exactly as nn.Sequential does.
-        seeded = self.seeds_layers()
-        if self.active_mode == "invert" and differentiable and len(self.layers) > 0:
+        # draws exactly as nn.Sequential does. An "auto" chain chooses for every call of its
+        # own (not for one nested in a pass that is not differentiable: that pass decides).
+        mode = self.active_mode
+        chosen = mode == "auto" and len(self.layers) > 0 and not torch_func_active()
+        if chosen and (differentiable or not is_inside_chain()):
+            mode = self._choose(h, cond, inverse).mode
+        seeded = self.preserve_rng_state and (mode == "invert" or is_replaying())
+        if mode == "invert" and differentiable and len(self.layers) > 0:
             if torch_func_active():
                 # torch.func transforms (vmap, grad, jacrev, jacfwd) refuse a Function without
                 # setup_context; the chain then runs as plain autograd (store mode), without
                 # seeding (random draws under vmap must come from the transform).
                 seeded = is_replaying()
             else:
-                return ReconstructingFunction.apply(self, inverse, self._slices(), h, cond, *params)
+                self._inverting = True  # what seeds_layers() says while the Function runs
+                try:
+                    return ReconstructingFunction.apply(
+                        self, inverse, self._slices(), h, cond, *self.parameters()
+                    )
+                finally:
+                    self._inverting = False
         replay = ReplayState.capture(h.device, seeded)
-        return self.run_layers(h, cond, inverse=inverse, replay=replay)
+        with chains_in_mode("store") if self.mode == "auto" and mode == "store" else nullcontext():
+            return self.run_layers(h, cond, inverse=inverse, replay=replay)
+
+    def _choose(self, h: Tensor, cond: Tensor | None, inverse: bool) -> ModeChoice:
+        """``"auto"`` mode's choice for this call (:class:`AutoMode`)."""
+
+        def store_run(x: Tensor, c: Tensor | None) -> object:
+            with chains_in_mode("store"):
+                replay = ReplayState.capture(x.device, preserve_rng_state=False)
+                return self.run_layers(x, c, inverse=inverse, replay=replay)
+
+        return self._auto.choose(store_run, self, h, cond, inverse)
 
     def _slices(self) -> Slices:
         """How the reconstructing Function slices this call's batch (``micro_batches``)."""
@@ -281,7 +329,8 @@ class Chain(InvertibleModule):
 
     def seeds_layers(self) -> bool:
         """Whether this pass seeds its layers' random streams (see ``preserve_rng_state``)."""
-        return self.preserve_rng_state and (self.active_mode == "invert" or is_replaying())
+        inverting = self.active_mode == "invert" or self._inverting
+        return self.preserve_rng_state and (inverting or is_replaying())
 
     def _steps(self, inverse: bool) -> list[tuple[int, InvertibleModule]]:
         """Layers in the order the pass applies them."""
@@ -308,7 +357,11 @@ class Chain(InvertibleModule):
                     if record is not None and not record.checking:
                         # a nested chain's first layer fingerprints the same tensor
                         record.record_input(h, fingerprint=not isinstance(layer, Chain))
-                    watch = _watches_state(record, layer)
+                    watch = (
+                        None
+                        if record is None
+                        else record.watched_buffers(layer, isinstance(layer, Chain))
+                    )
                     with replay.layer(index), _named_errors(index, layer):
                         h, layer_logdet = layer.inverse(h, cond) if inverse else layer(h, cond)
                     if watch is not None:
@@ -345,14 +398,3 @@ class Chain(InvertibleModule):
             slices=self.micro_batches if slices is None else slices,
             tile_size=self.tile_size,
         )
-
-
-def _watches_state(record: PassRecord | None, layer: InvertibleModule) -> list | None:
-    """On the first recorded pass, the layer's buffers to watch for hidden state (layers that
-    wait for their data-dependent initialisation, and chains, whose layers are watched one by
-    one, are not watched)."""
-    if record is None or not record.first or isinstance(layer, Chain):
-        return None
-    if not all_initialized(layer):
-        return None
-    return buffer_versions(layer)

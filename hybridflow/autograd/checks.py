@@ -23,6 +23,7 @@ __all__ = [
     "autocast_condition",
     "check_batch",
     "check_condition",
+    "check_condition_like",
     "check_entry",
     "check_finite",
     "check_input",
@@ -32,6 +33,7 @@ __all__ = [
     "is_inside_chain",
     "layer_place",
     "named_layer_errors",
+    "required_condition",
 ]
 
 
@@ -202,6 +204,33 @@ def autocast_condition(cond: object, x: Tensor) -> object:
     return cond
 
 
+def required_condition(
+    cond: object, where: str, cond_features: int, built: str = "layer"
+) -> Tensor:
+    """The condition of a module built with ``cond_features > 0``, refused when it is missing
+    or not a tensor (the messages name what was built: a ``"layer"``, a ``"flow"``)."""
+    if cond is None:
+        raise InputError(
+            f"missing condition; the {built} was built with cond_features={cond_features}",
+            where=(where,),
+        )
+    if not isinstance(cond, Tensor):
+        raise InputTypeError(
+            f"condition must be a torch.Tensor, got {type(cond).__name__}", where=(where,)
+        )
+    return cond
+
+
+def check_condition_like(cond: Tensor, x: Tensor, where: str) -> None:
+    """Refuse a condition whose dtype or device is not the input's."""
+    if cond.dtype != x.dtype or cond.device != x.device:
+        raise InputTypeError(
+            f"condition is {cond.dtype} on {cond.device} but the input is {x.dtype} "
+            f"on {x.device}; move both to one dtype and device",
+            where=(where,),
+        )
+
+
 def check_condition(cond: object, x: Tensor, where: str, cond_features: int) -> None:
     """Check a condition against the layer's declared ``cond_features`` and the input ``x``.
 
@@ -211,21 +240,8 @@ def check_condition(cond: object, x: Tensor, where: str, cond_features: int) -> 
     """
     if cond_features == 0:
         return  # an unconditional layer ignores the condition its chain passes to every layer
-    if cond is None:
-        raise InputError(
-            f"missing condition; the layer was built with cond_features={cond_features}",
-            where=(where,),
-        )
-    if not isinstance(cond, Tensor):
-        raise InputTypeError(
-            f"condition must be a torch.Tensor, got {type(cond).__name__}", where=(where,)
-        )
-    if cond.dtype != x.dtype or cond.device != x.device:
-        raise InputTypeError(
-            f"condition is {cond.dtype} on {cond.device} but the input is {x.dtype} "
-            f"on {x.device}; move both to one dtype and device",
-            where=(where,),
-        )
+    cond = required_condition(cond, where, cond_features)
+    check_condition_like(cond, x, where)
     spatial = tuple(x.shape[2:])
     ok_vector = cond.dim() == 2
     ok_field = cond.dim() == x.dim() and tuple(cond.shape[2:]) == spatial

@@ -10,9 +10,10 @@ from hybridflow.arguments import one_of
 
 __all__ = ["Mode", "active_mode", "chains_in_mode"]
 
-Mode = Literal["store", "invert"]
-"""How a :class:`~hybridflow.Chain` keeps what backward needs: ``"store"`` (plain autograd)
-or ``"invert"`` (rebuild by inversion)."""
+Mode = Literal["store", "invert", "auto"]
+"""How a :class:`~hybridflow.Chain` keeps what backward needs: ``"store"`` (plain autograd),
+``"invert"`` (rebuild by inversion) or ``"auto"`` (store when what plain autograd keeps is
+small, invert otherwise: :mod:`hybridflow.autograd.auto_mode`)."""
 
 
 class _Override:

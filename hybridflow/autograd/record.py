@@ -13,10 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from hybridflow.autograd.data_init import all_initialized
 from hybridflow.autograd.fingerprint import fingerprint as fingerprint_of
 from hybridflow.autograd.fingerprint import relative_error
+from hybridflow.autograd.running_stats import buffer_versions
 
 __all__ = ["PassRecord", "Path", "at_layer", "recording", "rows"]
 
@@ -63,6 +65,14 @@ class PassRecord:
         self.rows: slice | None = None
 
     # -- forward -------------------------------------------------------------------------
+    def watched_buffers(self, layer: nn.Module, is_chain: bool) -> list | None:
+        """On the first recorded pass, the buffers of ``layer`` to watch for hidden state
+        (not for layers that wait for their data-dependent initialisation, nor for chains,
+        whose layers are watched one by one)."""
+        if not self.first or is_chain or not all_initialized(layer):
+            return None
+        return buffer_versions(layer)
+
     def record_input(self, h: Tensor, fingerprint: bool = True) -> None:
         """Keep the fingerprint (unless not asked) and the anchor (when its path is one) of
         the current layer's input."""

@@ -2,8 +2,11 @@
 
 The measurements that start child processes are submodules, run as ``python -m`` by their
 parents: :mod:`hybridflow.bench.memory_depth` (memory versus depth and image size) and
-:mod:`hybridflow.bench.step_memory` (one posterior-training step per mode)."""
+:mod:`hybridflow.bench.step_memory` (one posterior-training step per mode).
+The package re-exports the public names of :mod:`~hybridflow.bench.glow_like` and
+:mod:`~hybridflow.bench.probes`, as their ``__all__`` lists them."""
 
+from hybridflow.bench import glow_like, probes
 from hybridflow.bench.glow_like import BenchMode, GlowLike, gaussian_nll, training_step
 from hybridflow.bench.probes import (
     MEMORY_ENV,
@@ -15,28 +18,11 @@ from hybridflow.bench.probes import (
     measure_time,
     peak_memory_unavailable,
     peak_since_reset,
+    process_rss,
     reset_peak,
     run_child,
     saved_bytes,
     saved_storages,
 )
 
-__all__ = [
-    "MEMORY_ENV",
-    "TIME_ENV",
-    "BenchMode",
-    "ChildError",
-    "GlowLike",
-    "child_main",
-    "current_rss",
-    "gaussian_nll",
-    "measure_peak",
-    "measure_time",
-    "peak_memory_unavailable",
-    "peak_since_reset",
-    "reset_peak",
-    "run_child",
-    "saved_bytes",
-    "saved_storages",
-    "training_step",
-]
+__all__ = [*glow_like.__all__, *probes.__all__]

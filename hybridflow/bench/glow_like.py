@@ -18,9 +18,10 @@ from hybridflow.networks.steps import glow_step
 
 __all__ = ["BenchMode", "GlowLike", "gaussian_nll", "training_step"]
 
-BenchMode = Literal["store", "invert", "checkpoint"]
+BenchMode = Literal["store", "invert", "checkpoint", "auto"]
 """How a benchmark step keeps activations: all of them (plain autograd), none (hybridflow's
-reconstruction), or one per Glow step (``torch.utils.checkpoint``)."""
+reconstruction), one per Glow step (``torch.utils.checkpoint``), or the chain's choice
+(``"auto"``: store while plain autograd keeps at most 64 MiB)."""
 
 
 class GlowLike(nn.Module):
@@ -37,7 +38,7 @@ class GlowLike(nn.Module):
         hidden: width of the coupling conditioners.
         mode: ``"store"`` (plain autograd), ``"invert"`` (hybridflow's reconstruction) or
             ``"checkpoint"`` (``torch.utils.checkpoint`` around every Glow step, whose layers
-            run in store mode); see :data:`BenchMode`.
+            run in store mode), or ``"auto"`` (the chain's choice); see :data:`BenchMode`.
         anchor_every: the chain's ``anchor_every`` (``"invert"`` and ``"store"`` only).
         micro_batches: the chain's ``micro_batches`` (``"invert"`` only).
         tile_size: the chain's ``tile_size`` (``"invert"`` only): couplings run tile by tile.

@@ -34,6 +34,7 @@ __all__ = [
     "measure_time",
     "peak_memory_unavailable",
     "peak_since_reset",
+    "process_rss",
     "reset_peak",
     "run_child",
     "saved_bytes",
@@ -56,16 +57,25 @@ class ChildError(RuntimeError):
     """A measuring child process failed; the message ends with its standard error."""
 
 
-def _status_kib(field: str) -> int:
-    for line in _STATUS.read_text().splitlines():
+def _status_kib(field: str, status: Path = _STATUS) -> int:
+    for line in status.read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in {_STATUS}")
+    raise RuntimeError(f"{field} not found in {status}")
 
 
 def current_rss() -> int:
     """Resident set size of this process in bytes (Linux ``/proc``)."""
     return _status_kib("VmRSS") * 1024
+
+
+def process_rss(pid: int) -> int:
+    """Resident set size in bytes of the process ``pid`` (Linux ``/proc``), as a watchdog
+    reads it: 0 once the process has exited (a zombie has no resident set left)."""
+    try:
+        return _status_kib("VmRSS", Path(f"/proc/{pid}/status")) * 1024
+    except (OSError, RuntimeError):
+        return 0
 
 
 def reset_peak() -> None:

@@ -37,7 +37,7 @@ def coupling_flow(
     coupling: CouplingKind = "spline",
     bins: int = 8,
     bound: float = SPLINE_BOUND,
-    mode: Mode = "invert",
+    mode: Mode = "auto",
     seed: int | None = 0,
     support: Support | None = None,
 ) -> Chain:
@@ -73,7 +73,10 @@ def coupling_flow(
         bound: the spline's interval :math:`[-B, B]` in standardised units (identity
             outside; default :data:`~hybridflow.layers.SPLINE_BOUND`, shared with
             :class:`~hybridflow.layers.SplineCoupling`); ``"spline"`` only.
-        mode: ``"invert"`` (memory flat in depth) or ``"store"`` (plain autograd).
+        mode: ``"auto"`` (default: plain autograd while what it keeps is at most 64 MiB, as
+            for the posteriors of a few parameters at usual batch sizes, where inversion
+            would only add compute; inversion beyond), ``"invert"`` (memory flat in depth)
+            or ``"store"`` (plain autograd); see :class:`~hybridflow.Chain`.
         seed: seed of the 1x1 convolutions' initial rotations (``None``: the global RNG).
         support: the parameters' support: a prior (``task.prior``), a torch constraint or a
             pair ``(lower, upper)`` (see :data:`~hybridflow.distributions.support.Support`);

@@ -32,6 +32,14 @@ def _check_transform(transform: object, where: str) -> InvertibleModule:
     return transform
 
 
+def _explain_transform(transform: nn.Module) -> str:
+    """The transform's mode (:meth:`hybridflow.Chain.explain`), or what it is when it has none."""
+    explain = getattr(transform, "explain", None)
+    if callable(explain):
+        return explain()
+    return f"{type(transform).__name__}: one invertible layer (no mode: plain autograd or its rule)"
+
+
 def _check_validate(validate: object, where: str) -> bool | None:
     return None if validate is None else boolean(validate, "validate", where)
 
@@ -84,6 +92,10 @@ class Flow(nn.Module, Configurable):
             )
         self.base, self.event_shape = as_base(base, event_shape, "Flow")
         self.validate = _check_validate(validate, "Flow")
+
+    def explain(self) -> str:
+        """How the transform keeps what backward needs (:meth:`hybridflow.Chain.explain`)."""
+        return _explain_transform(self.transform)
 
     def forward(self) -> FlowDistribution:
         """The flow's distribution: ``batch_shape == ()``, the base's event shape."""
@@ -201,6 +213,11 @@ class ConditionalFlow(nn.Module, Configurable):
         self.base, self.event_shape = as_base(base, event_shape, "ConditionalFlow")
         self.observation_shape = _check_observation_shape(observation_shape)
         self.validate = _check_validate(validate, "ConditionalFlow")
+
+    def explain(self) -> str:
+        """How the transform keeps what backward needs (:meth:`hybridflow.Chain.explain`); the
+        summary network is plain autograd."""
+        return _explain_transform(self.transform)
 
     def extra_repr(self) -> str:
         observed = (

@@ -3,10 +3,10 @@
 from hybridflow.graph.builder import Graph
 from hybridflow.graph.cost import Budget
 from hybridflow.graph.explain import Plan, SegmentPlan
-from hybridflow.graph.memory import format_bytes, parse_bytes
 from hybridflow.graph.planner import BudgetError
 from hybridflow.graph.runtime import GraphModule
 from hybridflow.graph.strategy import Strategy, StrategyKind
+from hybridflow.sizes import format_bytes, parse_bytes
 
 __all__ = [
     "Budget",

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from hybridflow.graph.memory import format_bytes, parse_bytes
 from hybridflow.graph.profile import GraphProfile
 from hybridflow.graph.strategy import Strategy
+from hybridflow.sizes import format_bytes, parse_bytes
 
 __all__ = ["Budget", "Choice", "CostModel", "Estimate", "Score"]
 

@@ -7,9 +7,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hybridflow.graph.cost import Budget
-from hybridflow.graph.memory import format_bytes
 from hybridflow.graph.segments import SegmentKind
 from hybridflow.graph.strategy import Strategy
+from hybridflow.sizes import format_bytes
 
 __all__ = ["Plan", "SegmentPlan"]
 

@@ -23,8 +23,8 @@ import math
 from collections.abc import Callable, Sequence
 
 from hybridflow.graph.cost import Budget, Choice, CostModel, Score
-from hybridflow.graph.memory import format_bytes
 from hybridflow.graph.segments import Segment
+from hybridflow.sizes import format_bytes
 
 __all__ = ["EXHAUSTIVE_LIMIT", "BudgetError", "Choice", "search"]
 

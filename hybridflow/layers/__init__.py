@@ -1,5 +1,7 @@
-"""Invertible layers, one family per module."""
+"""Invertible layers, one family per module (the package re-exports the coupling family's
+public names, as :mod:`hybridflow.layers.coupling` lists them)."""
 
+from hybridflow.layers import coupling
 from hybridflow.layers.actnorm import ActNorm
 from hybridflow.layers.conv1x1 import InvConv1x1
 from hybridflow.layers.coupling import (
@@ -15,6 +17,7 @@ from hybridflow.layers.coupling import (
     SplineCoupling,
     SplineKnots,
     Subnet,
+    check_subnet,
     default_conditioner,
 )
 from hybridflow.layers.elementwise import Affine, LeakyReLU
@@ -29,18 +32,10 @@ from hybridflow.layers.volume_preserving import VolumePreserving
 from hybridflow.layers.wrapper import Wrapper
 
 __all__ = [
-    "SPLINE_BOUND",
+    *coupling.__all__,
     "ActNorm",
-    "AdditiveCoupling",
     "Affine",
-    "AffineCoupling",
     "Bounded",
-    "ConditionalAffine",
-    "ConditionalSpline",
-    "ConstantConditioner",
-    "CouplingBase",
-    "CouplingLayer",
-    "HINTCoupling",
     "HaarSqueeze",
     "InvConv1x1",
     "Inverse",
@@ -48,13 +43,9 @@ __all__ = [
     "Permute",
     "ResizeCondition",
     "Reverse",
-    "SplineCoupling",
-    "SplineKnots",
     "Split",
     "Squeeze",
-    "Subnet",
     "VolumePreserving",
     "Wrapper",
-    "default_conditioner",
     "receptive_halo",
 ]

@@ -48,8 +48,9 @@ class Network(InvertibleModule):
 
     @property
     def mode(self) -> Mode:
-        """``"invert"`` (memory flat in depth) or ``"store"`` (plain autograd): the mode of
-        :attr:`flow`. Setting it sets every chain the network built, so it never goes stale."""
+        """``"invert"`` (memory flat in depth), ``"store"`` (plain autograd) or ``"auto"``
+        (store when small, see :class:`~hybridflow.Chain`): the mode of :attr:`flow`. Setting
+        it sets every chain the network built, so it never goes stale."""
         return self.flow.mode
 
     @mode.setter
@@ -58,6 +59,10 @@ class Network(InvertibleModule):
         self._mode = mode
         for chain in self._chains:
             chain.mode = mode
+
+    def explain(self) -> str:
+        """The network's mode, and what ``"auto"`` chose last (:meth:`Chain.explain`)."""
+        return f"{type(self).__name__}: {self.flow.explain()}"
 
     @property
     def takes_condition(self) -> bool:

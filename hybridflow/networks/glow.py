@@ -9,10 +9,16 @@ from torch import Tensor
 
 from hybridflow.arguments import integer, number, one_of, positive_int
 from hybridflow.autograd import Chain, InvertibleModule, Mode, TileSize
-from hybridflow.autograd.checks import autocast_condition, check_finite, check_input
+from hybridflow.autograd.checks import (
+    autocast_condition,
+    check_condition_like,
+    check_finite,
+    check_input,
+    required_condition,
+)
 from hybridflow.autograd.tiling import check_tile_size
 from hybridflow.deprecation import renamed_arguments, warn_deprecated
-from hybridflow.errors import InputError, InputTypeError
+from hybridflow.errors import InputError
 from hybridflow.layers.coupling import AffineCoupling, Subnet, check_subnet
 from hybridflow.layers.haar import HaarSqueeze
 from hybridflow.layers.inverse import Inverse
@@ -68,8 +74,8 @@ class Glow(Network):
         cond_features: channels of the condition; 0 for an unconditional flow (formerly
             ``cond_channels``).
         spatial_dims: 1, 2 or 3.
-        mode: ``"invert"`` (memory flat in depth and levels) or ``"store"`` (plain autograd);
-            the attribute :attr:`mode` reads and sets every chain of the network.
+        mode: ``"invert"`` (memory flat in depth and levels), ``"store"`` (plain autograd)
+            or ``"auto"`` (store while small: :class:`~hybridflow.Chain`); the attribute :attr:`mode` reads and sets every chain of the network.
         squeeze: ``"pixel"`` (Glow's space-to-depth) or ``"haar"`` (orthonormal wavelets:
             the factored-out channels are then the finest detail bands).
         subnet: optional conditioner factory ``subnet(in_features, out_features)`` replacing
@@ -196,15 +202,7 @@ class Glow(Network):
             )
         if not self.cond_features:
             return None  # an unconditional module ignores the condition a chain passes it
-        if cond is None:
-            raise InputError(
-                f"missing condition; the flow was built with cond_features={self.cond_features}",
-                where=(where,),
-            )
-        if not isinstance(cond, Tensor):
-            raise InputTypeError(
-                f"condition must be a torch.Tensor, got {type(cond).__name__}", where=(where,)
-            )
+        cond = required_condition(cond, where, self.cond_features, built="flow")
         if (
             cond.dim() not in (2, x.dim())
             or cond.shape[0] != x.shape[0]
@@ -217,12 +215,7 @@ class Glow(Network):
                 where=(where,),
             )
         cond = autocast_condition(cond, x)  # a summary's bfloat16 condition under autocast
-        if cond.dtype != x.dtype or cond.device != x.device:
-            raise InputTypeError(
-                f"condition is {cond.dtype} on {cond.device} but the input is "
-                f"{x.dtype} on {x.device}; move both to one dtype and device",
-                where=(where,),
-            )
+        check_condition_like(cond, x, where)
         check_finite(cond, f"{where} (condition)")
         return cond
 

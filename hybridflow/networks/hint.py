@@ -43,8 +43,8 @@ class HINT(Network):
         hidden: width of the conditioners.
         cond_features: features of the condition; 0 for an unconditional network.
         spatial_dims: 0 for vectors, 1/2/3 for sequences, images, volumes.
-        mode: ``"invert"`` (memory flat in depth) or ``"store"`` (plain autograd); the
-            attribute :attr:`mode` reads and sets the network's chain.
+        mode: ``"invert"`` (memory flat in depth), ``"store"`` (plain autograd) or ``"auto"``
+            (store while small: :class:`~hybridflow.Chain`); the attribute :attr:`mode` reads and sets the network's chain.
         permutation: ``"random"`` (seeded :class:`~hybridflow.layers.Permute`) or
             ``"reverse"`` (:class:`~hybridflow.layers.Reverse`).
         subnet: optional conditioner factory ``subnet(in_features, out_features)``.

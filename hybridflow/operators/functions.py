@@ -9,6 +9,7 @@ from torch import Tensor
 
 from hybridflow.operators.bridge import Backend, check_backend, from_numpy, to_numpy
 from hybridflow.operators.linear import LinearOperator
+from hybridflow.operators.validation import check_keywords
 
 __all__ = ["FunctionLinearOperator", "linear_operator"]
 
@@ -91,17 +92,11 @@ class FunctionLinearOperator(LinearOperator):
         return f"{super().extra_repr()}, backend={self.backend!r}"
 
 
-def linear_operator(
-    *,
-    adjoint: Callable[[Any], Any],
-    in_shape: Sequence[int],
-    out_shape: Sequence[int],
-    backend: Backend = "torch",
-    allow_device_transfer: bool = False,
-    complex_input: bool = False,
-    complex_output: bool = False,
-) -> Callable[[Callable[[Any], Any]], FunctionLinearOperator]:
-    """Decorator form of :class:`FunctionLinearOperator`: decorate the forward function.
+def linear_operator(**options: Any) -> Callable[[Callable[[Any], Any]], FunctionLinearOperator]:
+    """Decorator form of :class:`FunctionLinearOperator`: ``@linear_operator(adjoint=...,
+    in_shape=..., out_shape=..., **options)`` on a forward function builds
+    ``FunctionLinearOperator(forward, adjoint=..., ...)``. The keywords are those of
+    :class:`FunctionLinearOperator`, checked when the decorator is made.
 
     Example:
         >>> import torch
@@ -112,17 +107,5 @@ def linear_operator(
         >>> reverse(torch.tensor([[1.0, 2.0, 3.0]]))
         tensor([[3., 2., 1.]])
     """
-
-    def wrap(forward: Callable[[Any], Any]) -> FunctionLinearOperator:
-        return FunctionLinearOperator(
-            forward,
-            adjoint,
-            in_shape,
-            out_shape,
-            backend=backend,
-            allow_device_transfer=allow_device_transfer,
-            complex_input=complex_input,
-            complex_output=complex_output,
-        )
-
-    return wrap
+    check_keywords(FunctionLinearOperator, options, "linear_operator")
+    return lambda forward: FunctionLinearOperator(forward, **options)

@@ -16,7 +16,13 @@ from hybridflow.operators.bridge import (
     from_numpy,
     to_numpy,
 )
-from hybridflow.operators.validation import Shape, as_shape, check_batch, check_result_shape
+from hybridflow.operators.validation import (
+    Shape,
+    as_shape,
+    check_batch,
+    check_keywords,
+    check_result_shape,
+)
 
 __all__ = ["Keep", "Operator", "OperatorFunction", "operator"]
 
@@ -335,18 +341,10 @@ class OperatorFunction(torch.autograd.Function):
         return result.to(dtype=expected.dtype, device=expected.device)
 
 
-def operator(
-    *,
-    vjp: Callable[..., Any],
-    jvp: Callable[..., Any] | None = None,
-    keep: Keep = "inputs",
-    in_shape: Sequence[int] | None = None,
-    out_shape: Sequence[int] | None = None,
-    backend: Backend = "torch",
-    allow_device_transfer: bool = False,
-    differentiable_vjp: bool | None = None,
-) -> Callable[[Callable[..., Any]], Operator]:
-    """Decorator form of :class:`Operator`: decorate the forward function.
+def operator(**options: Any) -> Callable[[Callable[..., Any]], Operator]:
+    """Decorator form of :class:`Operator`: ``@operator(vjp=..., **options)`` on a forward
+    function builds ``Operator(forward, vjp=..., **options)``. The keywords are those of
+    :class:`Operator` (one list, one set of defaults), checked when the decorator is made.
 
     Example:
         >>> import torch
@@ -359,18 +357,5 @@ def operator(
         >>> x.grad
         tensor([[1., 1.]])
     """
-
-    def wrap(forward: Callable[..., Any]) -> Operator:
-        return Operator(
-            forward,
-            vjp,
-            jvp=jvp,
-            keep=keep,
-            in_shape=in_shape,
-            out_shape=out_shape,
-            backend=backend,
-            allow_device_transfer=allow_device_transfer,
-            differentiable_vjp=differentiable_vjp,
-        )
-
-    return wrap
+    check_keywords(Operator, options, "operator")
+    return lambda forward: Operator(forward, **options)

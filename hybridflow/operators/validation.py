@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Shape", "as_constant", "as_shape", "check_batch", "check_result_shape"]
+from hybridflow.errors import ArgumentTypeError
+
+__all__ = [
+    "Shape",
+    "as_constant",
+    "as_shape",
+    "check_batch",
+    "check_keywords",
+    "check_result_shape",
+]
 
 Shape = tuple[int, ...]
 
@@ -109,3 +120,14 @@ def as_constant(value: object, where: str, what: str) -> Tensor:
     raise TypeError(
         f"{where}: the {what} must be a tensor or a NumPy array, got {type(value).__name__}"
     )
+
+
+def check_keywords(build: Callable[..., Any], options: dict[str, Any], where: str) -> None:
+    """Refuse, naming the decorator ``where``, keywords that ``build(forward, **options)``
+    would not take (an unknown name, a missing required one)."""
+    try:
+        inspect.signature(build).bind(None, **options)
+    except TypeError as error:
+        raise ArgumentTypeError(
+            f"{error}; it takes the keyword arguments of {build.__name__}", where=(where,)
+        ) from None

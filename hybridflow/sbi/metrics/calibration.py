@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 from scipy import stats
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from hybridflow.sbi.metrics.tarp import TARPResult
 
 __all__ = ["CoverageResult", "SBCResult", "expected_coverage", "sbc", "sbc_ranks"]
 
@@ -114,6 +117,17 @@ def sbc(
     return SBCResult(ranks, pvalues, float(min(1.0, float(pvalues.min()) * len(pvalues))))
 
 
+def _largest_coverage_gap(result: CoverageResult | TARPResult) -> float:
+    """The largest :math:`|\\text{coverage} - \\alpha|`."""
+    return float((result.coverage - result.levels).abs().max())
+
+
+coverage_max_error = property(_largest_coverage_gap)
+"""The ``max_error`` property of the coverage results (:class:`CoverageResult`,
+:class:`~hybridflow.sbi.metrics.tarp.TARPResult`): the largest
+:math:`|\\text{coverage} - \\alpha|`."""
+
+
 class CoverageResult(NamedTuple):
     """Expected coverage of highest-density credible regions.
 
@@ -121,15 +135,13 @@ class CoverageResult(NamedTuple):
         levels: credibility levels :math:`\\alpha`, ``(k,)``.
         coverage: share of true parameters inside the level-:math:`\\alpha` region, ``(k,)``;
             equal to ``levels`` for a calibrated posterior, below for an overconfident one.
+        max_error (float): the largest :math:`|\\text{coverage} - \\alpha|` (a property).
     """
 
     levels: Tensor
     coverage: Tensor
 
-    @property
-    def max_error(self) -> float:
-        """The largest :math:`|\\text{coverage} - \\alpha|`."""
-        return float((self.coverage - self.levels).abs().max())
+    max_error = coverage_max_error
 
 
 def expected_coverage(

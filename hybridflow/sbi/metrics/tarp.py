@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from hybridflow.sbi.metrics.calibration import coverage_max_error
+
 __all__ = ["TARPResult", "tarp", "tarp_coverage"]
 
 
@@ -21,16 +23,14 @@ class TARPResult(NamedTuple):
             below for an overconfident or biased one, above for an underconfident one.
         fractions: ``(N,)`` the share :math:`f_i` of posterior samples closer to the reference
             point than the true parameter, per simulation (uniform for an accurate posterior).
+        max_error (float): the largest :math:`|\\text{coverage} - \\alpha|` (a property).
     """
 
     levels: Tensor
     coverage: Tensor
     fractions: Tensor
 
-    @property
-    def max_error(self) -> float:
-        """The largest :math:`|\\text{coverage} - \\alpha|`."""
-        return float((self.coverage - self.levels).abs().max())
+    max_error = coverage_max_error
 
 
 def tarp(

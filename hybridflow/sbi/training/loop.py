@@ -38,6 +38,7 @@ __all__ = [
     "CheckpointSpec",
     "LoopSettings",
     "Objective",
+    "TrainerConfig",
     "TrainingLoop",
     "UnitResult",
     "check_loop_settings",
@@ -92,6 +93,23 @@ def check_loop_settings(config: LoopSettings, where: str) -> None:
     integer(config.seed, "seed", where, minimum=0)
     integer(config.checkpoint_every, "checkpoint_every", where, minimum=1)
     boolean(config.progress, "progress", where)
+
+
+class TrainerConfig:
+    """Base of a trainer's settings, a dataclass holding the :class:`LoopSettings` fields and
+    the trainer's own: once built, it checks the trainer's fields (:meth:`_check_fields`),
+    then the loop's (:func:`check_loop_settings`); errors name the config's class.
+    """
+
+    def __post_init__(self) -> None:
+        where = type(self).__name__
+        self._check_fields(where)
+        check_loop_settings(self, where)  # type: ignore[arg-type]
+
+    def _check_fields(self, where: str) -> None:
+        """Check the fields only this trainer reads, and its ``schedule`` (each trainer
+        allows its own)."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from hybridflow.arguments import integer, number, one_of
 from hybridflow.sbi.data import NonFinitePolicy, Observations, check_simulations
 from hybridflow.sbi.training.loop import (
+    TrainerConfig,
     TrainingLoop,
-    check_loop_settings,
     checked_trainer_arguments,
 )
 from hybridflow.sbi.training.npe_objective import (
@@ -28,7 +28,7 @@ __all__ = ["EpochRecord", "NPEConfig", "NPEHistory", "NPETrainer"]
 
 
 @dataclass
-class NPEConfig:
+class NPEConfig(TrainerConfig):
     """Settings of :class:`NPETrainer` (plain data: stored in checkpoints as a dict).
 
     Attributes:
@@ -72,8 +72,7 @@ class NPEConfig:
     checkpoint_every: int = 1
     progress: bool = False
 
-    def __post_init__(self) -> None:
-        w = "NPEConfig"
+    def _check_fields(self, w: str) -> None:
         integer(self.max_epochs, "max_epochs", w, minimum=1)
         integer(self.batch_size, "batch_size", w, minimum=1)
         number(
@@ -92,7 +91,6 @@ class NPEConfig:
         integer(self.schedule_patience, "schedule_patience", w, minimum=0)
         one_of(self.schedule, "schedule", w, ("constant", "cosine", "plateau"))
         one_of(self.nonfinite, "nonfinite", w, ("drop", "raise"))
-        check_loop_settings(self, w)
 
 
 class NPETrainer:

@@ -16,9 +16,9 @@ from hybridflow.sbi.tasks.base import Task
 from hybridflow.sbi.training.loop import (
     CheckpointSpec,
     Objective,
+    TrainerConfig,
     TrainingLoop,
     UnitResult,
-    check_loop_settings,
     checked_trainer_arguments,
 )
 
@@ -32,7 +32,7 @@ _CHECKPOINT = CheckpointSpec(
 
 
 @dataclass
-class ReverseKLConfig:
+class ReverseKLConfig(TrainerConfig):
     """Settings of :class:`ReverseKLTrainer` (plain data: stored in checkpoints as a dict).
 
     Attributes:
@@ -61,12 +61,10 @@ class ReverseKLConfig:
     checkpoint_every: int = 100
     progress: bool = False
 
-    def __post_init__(self) -> None:
-        w = "ReverseKLConfig"
+    def _check_fields(self, w: str) -> None:
         integer(self.steps, "steps", w, minimum=1)
         integer(self.batch_size, "batch_size", w, minimum=1)
         integer(self.num_samples, "num_samples", w, minimum=1)
-        check_loop_settings(self, w)
         # no "plateau": the loss is a noisy estimate, with no plateau to watch
         one_of(self.schedule, "schedule", w, ("constant", "cosine"))
 
