@@ -228,3 +228,25 @@ def test_the_estimate_matches_what_store_mode_saves(kind):
     estimate = chains[0].mode_choice.kept_bytes
     assert measured - parameters <= estimate <= measured
     assert estimate > 0.5 * measured  # the activations are most of it
+
+
+def test_the_probe_keeps_no_activation_alive():
+    """The probe counts what autograd would save but hands it placeholders: a layer's output
+    is freed once the next layer has used it (store mode keeps it for backward), so probing a
+    large input needs no more memory than a pass without grad."""
+    import weakref
+
+    from hybridflow.layers import InvConv1x1
+
+    def alive_after_two_layers(mode: str) -> list[bool]:
+        torch.manual_seed(0)
+        chain = hf.Chain(InvConv1x1(4), InvConv1x1(4), InvConv1x1(4), mode=mode)
+        refs, seen = [], []
+        chain[0].register_forward_hook(lambda m, i, out: refs.append(weakref.ref(out[0])))
+        chain[2].register_forward_pre_hook(lambda m, i: seen.append(refs[-1]() is not None))
+        chain(torch.randn(8, 4, requires_grad=True))
+        return seen
+
+    assert alive_after_two_layers("store") == [True]
+    # auto: the probe's two runs (2 and 4 samples) free it, the call itself (store) keeps it
+    assert alive_after_two_layers("auto") == [False, False, True]

@@ -2,15 +2,15 @@ r"""``mode="auto"``: store the activations when they are small, rebuild them whe
 
 A chain in ``"auto"`` mode decides at each call (without grad too, so that it seeds its
 layers' random streams as it would with grad; a chain nested in a pass without grad follows
-that pass instead). It estimates what plain
-autograd (store mode) would keep for backward at this call's batch :math:`B` as
-:math:`\text{fixed} + B \cdot \text{per sample}`, from the storages autograd saves while the
-chain runs its layers in store mode on two small slices of the batch (2 and 4 samples; the
-whole batch when it is smaller), parameters left out and each storage counted once. It stores
-when the estimate is at most ``store_limit`` and inverts otherwise. The probe runs once per
-input signature (the shapes after the batch, dtype, device, direction) and leaves no trace:
-the random state, the buffers and any pending data-dependent initialisation (ActNorm) are put
-back afterwards.
+that pass instead). It estimates what plain autograd (store mode) would keep for backward at
+this call's batch :math:`B` as :math:`\text{fixed} + B \cdot \text{per sample}`, from the
+storages autograd saves while the chain runs its layers in store mode on two small slices of
+the batch (2 and 4 samples; the whole batch when it is smaller), parameters left out and each
+storage counted once. It stores when the estimate is at most ``store_limit`` and inverts
+otherwise. The probe runs once per input signature (the shapes after the batch, dtype,
+device, direction, autocast); it keeps no activation (each is counted, then freed, so its
+peak is that of a pass without grad on a few samples) and leaves no trace: the random state,
+the buffers and any pending data-dependent initialisation (ActNorm) are put back afterwards.
 
 Vector flows (a posterior over a few parameters) keep a few MiB and store, which saves the
 reconstruction's extra compute; image networks keep hundreds of MiB or more and invert, which
@@ -26,6 +26,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from hybridflow.autograd.module import InvertibleModule
 from hybridflow.sizes import format_bytes, parse_bytes
@@ -89,19 +90,37 @@ class ModeChoice:
 
 
 def _saved_bytes(run: Run, module: nn.Module, h: Tensor, cond: Tensor | None) -> int:
-    """Bytes of the storages autograd saves while ``run(h, cond)`` runs (parameters left out)."""
+    """Bytes of the storages autograd would save while ``run(h, cond)`` runs (parameters left
+    out, each storage once).
+
+    Nothing is kept: the hook hands autograd a placeholder, so each activation is freed as in
+    a pass without grad and the probe's own peak stays that of such a pass (a store-mode
+    probe of a large image would need the very memory that inversion saves). A storage freed
+    and another allocated at its address are told apart by a weak reference to the first.
+    """
     parameters = {p.untyped_storage().data_ptr() for p in module.parameters()}
-    storages: dict[int, int] = {}
+    seen: dict[int, StorageWeakRef] = {}
+    total = 0
 
-    def pack(tensor: Tensor) -> Tensor:
+    def pack(tensor: Tensor) -> None:
+        nonlocal total
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
+        address = storage.data_ptr()
+        if address in parameters:
+            return None
+        known = seen.get(address)
+        if known is None or known.expired():
+            seen[address] = StorageWeakRef(storage)
+            total += storage.nbytes()
+        return None
 
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, _never_unpacked):
         run(h, cond)
-    return sum(storages.values())
+    return total
+
+
+def _never_unpacked(_: None) -> Tensor:
+    raise RuntimeError("auto mode's probe ran backward through its placeholders (a bug)")
 
 
 @contextmanager
@@ -169,6 +188,7 @@ class AutoMode:
             h.dtype,
             h.device,
             inverse,
+            torch.is_autocast_enabled(h.device.type),  # half-precision activations
         )
         if key not in self._estimates:
             self._estimates[key] = _probe(run, module, h, cond)
