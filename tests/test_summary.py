@@ -36,6 +36,23 @@ def test_mlp_shapes_and_errors() -> None:
         MLP(3, 0)
 
 
+def test_mlp_dropout_only_while_training() -> None:
+    torch.manual_seed(0)
+    plain, dropped = MLP(5, 3, hidden=32), MLP(5, 3, hidden=32, dropout=0.5)
+    assert [type(m) for m in plain.net] == [nn.Linear, nn.GELU] * 2 + [nn.Linear]
+    assert sum(isinstance(m, nn.Dropout) for m in dropped.net) == 2
+    with torch.no_grad():  # the same weights: dropout adds no parameters
+        for mine, theirs in zip(dropped.parameters(), plain.parameters(), strict=True):
+            mine.copy_(theirs)
+    x = torch.randn(4, 5)
+    dropped.eval()
+    torch.testing.assert_close(dropped(x), plain(x))
+    dropped.train()
+    assert not torch.allclose(dropped(x), plain(x))
+    with pytest.raises(ValueError, match="dropout"):
+        MLP(5, 3, dropout=1.0)
+
+
 @pytest.mark.parametrize("spatial_dims, size", [(1, (20,)), (2, (12, 10))])
 def test_cnn_vector_and_field(spatial_dims: int, size: tuple[int, ...]) -> None:
     vector = CNN(2, 7, spatial_dims=spatial_dims, hidden=8, depth=2)

@@ -7,22 +7,27 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from hybridflow.arguments import integer
+from hybridflow.arguments import integer, number
 from hybridflow.config import Configurable
 from hybridflow.errors import InputError, InputTypeError
 
 __all__ = ["MLP", "mlp_layers"]
 
 
-def mlp_layers(in_features: int, out_features: int, hidden: int, depth: int) -> nn.Sequential:
+def mlp_layers(
+    in_features: int, out_features: int, hidden: int, depth: int, dropout: float = 0.0
+) -> nn.Sequential:
     """``depth`` hidden layers of width ``hidden`` with GELU, then a linear output layer.
 
-    ``depth == 0`` gives one linear layer.
+    ``depth == 0`` gives one linear layer. ``dropout > 0`` follows each GELU with a
+    :class:`~torch.nn.Dropout` (none at 0, so the layers' indices stay those without it).
     """
     layers: list[nn.Module] = []
     width = in_features
     for _ in range(depth):
         layers += [nn.Linear(width, hidden), nn.GELU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
         width = hidden
     layers.append(nn.Linear(width, out_features))
     return nn.Sequential(*layers)
@@ -40,6 +45,7 @@ class MLP(nn.Module, Configurable):
         out_features: size of the summary.
         hidden: width of the hidden layers.
         depth: number of hidden layers.
+        dropout: probability of zeroing a hidden unit while training (``0``: no dropout).
 
     Example:
         >>> import torch
@@ -54,6 +60,7 @@ class MLP(nn.Module, Configurable):
         out_features: int,
         hidden: int = 64,
         depth: int = 2,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if isinstance(in_features, Sequence) and not isinstance(in_features, str):
@@ -64,7 +71,8 @@ class MLP(nn.Module, Configurable):
         self.out_features = integer(out_features, "out_features", "MLP", minimum=1)
         integer(hidden, "hidden", "MLP", minimum=1)
         integer(depth, "depth", "MLP", minimum=0)
-        self.net = mlp_layers(self.in_features, self.out_features, hidden, depth)
+        number(dropout, "dropout", "MLP", minimum=0, maximum=1, open_high=True)
+        self.net = mlp_layers(self.in_features, self.out_features, hidden, depth, dropout)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
