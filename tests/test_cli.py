@@ -305,6 +305,24 @@ def test_vector_recipes_take_their_coupling_and_summary_width_from_the_task_size
         check_recipe({"task": {"name": "gaussian_linear", "dim": 0}})
 
 
+def test_mlp_summary_dropout_follows_the_observation_size() -> None:
+    def dropouts(recipe: dict) -> tuple[float, int]:
+        checked = check_recipe(recipe)
+        flow = build_flow(checked, build_task(checked))
+        layers = [m for m in flow.modules() if isinstance(m, torch.nn.Dropout)]
+        return checked["summary"]["dropout"], sum(
+            m.p == checked["summary"]["dropout"] for m in layers
+        )
+
+    assert dropouts({"task": {"name": "slcp"}}) == (0.0, 0)  # 8 entries: no Dropout layer
+    assert dropouts({"task": {"name": "gaussian_linear", "dim": 64}}) == (0.0, 0)
+    assert dropouts({"task": {"name": "gaussian_linear", "dim": 65}}) == (0.1, 2)
+    given = {"task": {"name": "gaussian_linear", "dim": 65}, "summary": {"dropout": 0.0}}
+    assert dropouts(given) == (0.0, 0)  # the recipe wins
+    with pytest.raises(UsageError, match=r"\[flow\]/\[summary\] .*dropout"):
+        dropouts({"task": {"name": "slcp"}, "summary": {"dropout": 1.5}})
+
+
 def test_invalid_toml_is_reported(tmp_path, capsys) -> None:
     config = _config(tmp_path, "[task\nname = ", "broken.toml")
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "o")]) == 2

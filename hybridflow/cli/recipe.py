@@ -14,7 +14,7 @@ A recipe is a dict of sections, read from TOML (or YAML where PyYAML is installe
     [summary]       kind = "cnn" | "mlp" | "none", features, standardize (z-score the
                     observations with statistics of the training simulations: true for mlp
                     and none, false for cnn); cnn: hidden, depth, output, pool_size; mlp:
-                    hidden, depth
+                    hidden, depth, dropout
     [training]      the fields of hybridflow.sbi.NPEConfig (false for "none" in patience and
                     clip_grad_norm)
 
@@ -192,11 +192,13 @@ def check_recipe(data: Any, source: str = "recipe") -> dict[str, Any]:
     summary = _checked_summary(data.get("summary", {}), flow["kind"], name, images, source)
     options = {k: v for k, v in task.items() if k != "name"}
     if not images:  # defaults that follow the task's sizes
-        coupling, width = size_defaults(*task_sizes(name, options))
+        coupling, width, dropout = size_defaults(*task_sizes(name, options))
         if flow["kind"] == "coupling" and "coupling" not in data.get("flow", {}):
             flow["coupling"] = coupling
-        if summary["kind"] == "mlp" and "hidden" not in data.get("summary", {}):
-            summary["hidden"] = width
+        if summary["kind"] == "mlp":
+            for key, value in (("hidden", width), ("dropout", dropout)):
+                if key not in data.get("summary", {}):
+                    summary[key] = value
     defaults = {f.name: getattr(NPEConfig(), f.name) for f in fields(NPEConfig)}
     defaults.pop("progress")
     training = _fill(data.get("training", {}), defaults, source, "training", ())
@@ -311,7 +313,13 @@ def _build_member(recipe: dict[str, Any], task: Task, seed: int) -> ConditionalF
                     pool_size=summary["pool_size"],
                 )
             elif summary["kind"] == "mlp":
-                network = MLP(list(x_shape), features, summary["hidden"], summary["depth"])
+                network = MLP(
+                    list(x_shape),
+                    features,
+                    summary["hidden"],
+                    summary["depth"],
+                    dropout=summary["dropout"],
+                )
             else:
                 network = None
                 features = math.prod(x_shape)
