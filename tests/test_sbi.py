@@ -594,3 +594,18 @@ def test_sbi_package_adapter() -> None:
     samples = posterior.sample((50,), x=x_o, show_progress_bars=False)
     assert samples.shape == (50, 2)
     assert torch.isfinite(posterior.log_prob(samples, x=x_o)).all()
+
+
+def test_a_trained_flow_is_left_in_eval_mode_so_dropout_does_not_blur_its_samples():
+    from hybridflow.summary import MLP
+
+    torch.manual_seed(0)
+    flow = ConditionalFlow(
+        coupling_flow(2, 4, depth=1, hidden=8), MLP(3, 4, dropout=0.5), event_shape=(2,)
+    )
+    theta, x = torch.randn(64, 2), torch.randn(64, 3)
+    NPETrainer(flow, NPEConfig(max_epochs=1, batch_size=32, progress=False)).fit(theta, x)
+    assert not flow.training and not any(m.training for m in flow.modules())
+    with torch.no_grad():
+        first, second = (flow(x[:4]).log_prob(theta[:4]) for _ in range(2))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)  # no dropout mask drawn

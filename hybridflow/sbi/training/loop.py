@@ -254,7 +254,8 @@ class TrainingLoop:
 
     def run(self, objective: Objective, *, resume: bool) -> None:
         """Run ``objective`` unit by unit until it is over or ``total`` units have run,
-        continuing from the checkpoint with ``resume`` (when it exists)."""
+        continuing from the checkpoint with ``resume`` (when it exists). The flow is left in
+        eval mode, ready to sample (dropout off, as sbi leaves its estimators)."""
         with forked_rng(self.device):
             torch.manual_seed(self.config.seed)
             finished = self._resume(objective) if resume else False
@@ -278,6 +279,7 @@ class TrainingLoop:
                     objective.report(unit, result)
             finally:
                 bar.close()
+                self.flow.eval()
 
     def _resume(self, objective: Objective) -> bool:
         """Check the checkpoint whole, then restore it; whether its run had finished

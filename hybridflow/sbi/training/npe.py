@@ -171,7 +171,8 @@ class NPETrainer:
             on_epoch_end: called after each epoch (after its checkpoint is written).
 
         Returns:
-            The :class:`NPEHistory`; the flow holds the parameters of the best epoch.
+            The :class:`NPEHistory`; the flow holds the parameters of the best epoch and is
+            left in eval mode (dropout off) to sample.
 
         Raises:
             ValueError: an empty data set, mismatched sizes, NaN/Inf with
