@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> dict[str, torch.Tensor]:
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(state, args.out / f"rank{rank}.pt")
     if distributed:
+        # every rank reaches the end before the group is torn down: gloo's teardown can hang
+        # when one rank destroys it while the other is still writing (seen once under CI)
+        dist.barrier()
         dist.destroy_process_group()
     return state
 
