@@ -43,7 +43,6 @@ from common import add_out_file_option, run_and_write
 
 from hybridflow.bench.memory_depth import write_csv
 from hybridflow.cli.recipe import build_flow, check_recipe, fit_standardize, npe_config
-from hybridflow.cli.recipe_defaults import size_defaults
 from hybridflow.distributions import ConditionalFlow
 from hybridflow.sbi import (
     SLCP,
@@ -175,15 +174,9 @@ def _recipe(name: str, config: str) -> dict:
     that follow the task's sizes (``size_defaults``) are those of the task itself: the
     recipe's ``slcp`` does not know the 100 numbers of ``slcp_distractors``."""
     task = TASKS[name]()
-    coupling, width, dropout = size_defaults(math.prod(task.theta_shape), math.prod(task.x_shape))
-    overrides = CONFIGS[config]
-    flow = {"coupling": coupling, **overrides.get("flow", {})}
-    summary = dict(overrides.get("summary", {}))
-    if summary.get("kind", "mlp") == "mlp":
-        summary = {"hidden": width, "dropout": dropout, **summary}
+    sizes = (math.prod(task.theta_shape), math.prod(task.x_shape))
     base = "slcp" if name == "slcp_distractors" else name
-    recipe = {"task": {"name": base}, **overrides, "flow": flow, "summary": summary}
-    return check_recipe(recipe, f"config {config}")
+    return check_recipe({"task": {"name": base}, **CONFIGS[config]}, f"config {config}", sizes)
 
 
 def _build(recipe: dict, task: Task, data) -> ConditionalFlow:

@@ -155,12 +155,16 @@ def _checked_summary(
     return summary
 
 
-def check_recipe(data: Any, source: str = "recipe") -> dict[str, Any]:
+def check_recipe(
+    data: Any, source: str = "recipe", sizes: tuple[int, int] | None = None
+) -> dict[str, Any]:
     """Check a recipe and fill in its defaults; returns a new dict.
 
     Args:
         data: the recipe as read from a file.
         source: where it came from (the file name), quoted in errors.
+        sizes: entries of one parameter and of one observation, when the trained task
+            differs from the named one (a benchmark variant); default the named task's.
 
     Raises:
         UsageError: an unknown section, key, task or kind, or a value of the wrong type,
@@ -192,7 +196,7 @@ def check_recipe(data: Any, source: str = "recipe") -> dict[str, Any]:
     summary = _checked_summary(data.get("summary", {}), flow["kind"], name, images, source)
     options = {k: v for k, v in task.items() if k != "name"}
     if not images:  # defaults that follow the task's sizes
-        coupling, width, dropout = size_defaults(*task_sizes(name, options))
+        coupling, width, dropout = size_defaults(*(sizes or task_sizes(name, options)))
         if flow["kind"] == "coupling" and "coupling" not in data.get("flow", {}):
             flow["coupling"] = coupling
         if summary["kind"] == "mlp":
