@@ -76,6 +76,24 @@ def test_the_choice_follows_the_batch_and_the_estimate_is_measured_once():
     assert chain.mode_choice.estimate is not first  # another dtype: measured again
 
 
+def test_train_and_eval_mode_are_estimated_apart():
+    # dropout in the conditioner keeps its masks for backward in training only
+    def subnet(n_in, n_out):
+        return torch.nn.Sequential(
+            torch.nn.Linear(n_in, 32), torch.nn.Dropout(0.5), torch.nn.Linear(32, n_out)
+        )
+
+    chain = hf.Chain(AffineCoupling(4, subnet=subnet), mode="auto")
+    x = torch.randn(8, 4)
+    chain(x)
+    training = chain.mode_choice.estimate
+    chain.eval()(x)
+    evaluating = chain.mode_choice.estimate
+    assert evaluating is not training and evaluating.per_sample < training.per_sample
+    chain.train()(x)
+    assert chain.mode_choice.estimate is training
+
+
 @pytest.mark.parametrize(("limit", "chosen"), [("unlimited", "store"), (0, "invert")])
 def test_the_probe_leaves_data_init_and_the_random_state_as_they_were(limit, chosen):
     """ActNorm initialises from the real batch and the generator advances as in the mode
