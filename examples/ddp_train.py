@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> dict[str, Tensor]:
         rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
         if args.batch % (world * args.accumulate):
             parser.error(f"--batch {args.batch} must divide into {world} ranks x {args.accumulate}")
-        return train(args, rank, world, distributed)
+        state = train(args, rank, world, distributed)
+        if distributed:  # every rank done before the teardown (gloo's can hang otherwise)
+            dist.barrier()
+        return state
     finally:
         if distributed:
             dist.destroy_process_group()
