@@ -211,6 +211,25 @@ def test_store_limit_is_checked_and_kept_in_the_config():
     assert "store_limit" not in get_config(hf.Chain(ActNorm(2)))["arguments"]
 
 
+@pytest.mark.parametrize("network", ["Glow", "HINT"])
+def test_networks_pass_their_store_limit_to_every_chain(network):
+    def build(**options):
+        if network == "Glow":
+            return hf.networks.Glow(2, levels=2, depth=1, hidden=4, mode="auto", **options)
+        return hf.networks.HINT(4, depth=2, hidden=4, mode="auto", **options)
+
+    x = torch.randn(4, 2, 8, 8) if network == "Glow" else torch.randn(4, 4)
+    with pytest.raises(ValueError, match=f"{network}: store_limit: cannot read 'lots'"):
+        build(store_limit="lots")
+    small = build(store_limit=0)
+    assert _runs_reconstructing(small, x)  # nothing fits in 0 bytes: invert
+    assert "chose 'invert'" in small.explain()
+    assert not _runs_reconstructing(build(store_limit="unlimited"), x)
+    rebuilt = from_config(json.loads(json.dumps(get_config(small))))
+    assert _runs_reconstructing(rebuilt, x)
+    assert get_config(rebuilt)["arguments"]["store_limit"] == 0
+
+
 def test_a_chain_that_chose_store_compiles_to_one_graph():
     torch._dynamo.reset()
     chain = coupling_flow(3, 4, depth=2, hidden=8)

@@ -9,7 +9,9 @@ from torch import Tensor
 
 from hybridflow.arguments import one_of
 from hybridflow.autograd import Chain, InvertibleModule, Mode, Reconstruction
+from hybridflow.autograd.auto_mode import DEFAULT_STORE_LIMIT
 from hybridflow.autograd.checks import check_condition, check_input
+from hybridflow.sizes import parse_bytes
 
 __all__ = ["Network"]
 
@@ -28,21 +30,31 @@ class Network(InvertibleModule):
         cond_features: channels of the condition; 0 for an unconditional network.
         spatial_dims: 0 for vectors, 1/2/3 for sequences, images, volumes.
         mode: the initial :attr:`mode` of the chains.
+        store_limit: the bound of every chain's ``"auto"`` mode (see :class:`~hybridflow.Chain`).
     """
 
     flow: Chain
 
-    def __init__(self, num_features: int, cond_features: int, spatial_dims: int, mode: Mode):
+    def __init__(
+        self,
+        num_features: int,
+        cond_features: int,
+        spatial_dims: int,
+        mode: Mode,
+        store_limit: int | float | str = DEFAULT_STORE_LIMIT,
+    ):
         super().__init__()
         self.num_features = num_features
         self.cond_features = cond_features
         self.spatial_dims = spatial_dims
         self._mode: Mode = one_of(mode, "mode", type(self).__name__, get_args(Mode))
+        parse_bytes(store_limit, f"{type(self).__name__}: store_limit")  # before any chain
+        self._store_limit = store_limit
         self._chains: list[Chain] = []  # not submodules: each is registered where it nests
 
     def _chain(self, *layers: InvertibleModule, **options: Any) -> Chain:
         """A chain of ``layers`` in the network's mode, which :attr:`mode` later updates."""
-        chain = Chain(*layers, mode=self._mode, **options)
+        chain = Chain(*layers, mode=self._mode, store_limit=self._store_limit, **options)
         self._chains.append(chain)
         return chain
 

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from hybridflow.arguments import integer, number, one_of, positive_int
 from hybridflow.autograd import Chain, InvertibleModule, Mode, TileSize
+from hybridflow.autograd.auto_mode import DEFAULT_STORE_LIMIT
 from hybridflow.autograd.checks import (
     autocast_condition,
     check_condition_like,
@@ -83,6 +84,8 @@ class Glow(Network):
             coupling, with that scale's sizes.
         clamp: bound of the couplings' log-scales.
         seed: seed of the 1x1 convolutions' initial rotations (``None``: torch's global RNG).
+        store_limit: in ``"auto"`` mode, store while plain autograd keeps at most this many
+            bytes (or a size such as ``"512MiB"``), invert otherwise.
         tile_size: run the couplings tile by tile over space, cores of this edge at every
             scale, in the forward of ``"invert"`` mode, in sampling and while reconstructing
             (see :class:`~hybridflow.Chain`): same results, working set of one tile.
@@ -122,6 +125,7 @@ class Glow(Network):
         subnet: Subnet | None = None,
         clamp: float = 2.0,
         seed: int | None = None,
+        store_limit: int | float | str = DEFAULT_STORE_LIMIT,
         tile_size: TileSize | None = None,
     ) -> None:
         positive_int(num_features, "num_features", "Glow")
@@ -129,7 +133,7 @@ class Glow(Network):
             positive_int(value, name, "Glow")
         integer(cond_features, "cond_features", "Glow", minimum=0)
         one_of(spatial_dims, "spatial_dims", "Glow", (1, 2, 3))
-        super().__init__(num_features, cond_features, spatial_dims, mode)
+        super().__init__(num_features, cond_features, spatial_dims, mode, store_limit)
         self.levels, self.depth, self.hidden = levels, depth, hidden
         one_of(squeeze, "squeeze", "Glow", get_args(SqueezeKind))
         check_subnet(subnet, "Glow")

@@ -6,6 +6,7 @@ from typing import Literal, get_args
 
 from hybridflow.arguments import integer, number, one_of, positive_int
 from hybridflow.autograd import InvertibleModule, Mode
+from hybridflow.autograd.auto_mode import DEFAULT_STORE_LIMIT
 from hybridflow.layers.coupling import HINTCoupling, Subnet, check_subnet
 from hybridflow.layers.permutation import Permute, Reverse
 from hybridflow.networks.base import Network
@@ -50,6 +51,8 @@ class HINT(Network):
         subnet: optional conditioner factory ``subnet(in_features, out_features)``.
         clamp: bound of the sub-couplings' log-scales.
         seed: seed of the random permutations (``None``: torch's global RNG).
+        store_limit: in ``"auto"`` mode, store while plain autograd keeps at most this many
+            bytes (or a size such as ``"512MiB"``), invert otherwise.
 
     Example:
         >>> import torch
@@ -80,13 +83,14 @@ class HINT(Network):
         subnet: Subnet | None = None,
         clamp: float = 2.0,
         seed: int | None = None,
+        store_limit: int | float | str = DEFAULT_STORE_LIMIT,
     ) -> None:
         integer(num_features, "num_features", "HINT", minimum=2)
         for name, value in (("depth", depth), ("recursion", recursion), ("hidden", hidden)):
             positive_int(value, name, "HINT")
         integer(cond_features, "cond_features", "HINT", minimum=0)
         one_of(spatial_dims, "spatial_dims", "HINT", (0, 1, 2, 3))
-        super().__init__(num_features, cond_features, spatial_dims, mode)
+        super().__init__(num_features, cond_features, spatial_dims, mode, store_limit)
         one_of(permutation, "permutation", "HINT", get_args(PermutationKind))
         check_subnet(subnet, "HINT")
         number(clamp, "clamp", "HINT", minimum=0, open_low=True)
