@@ -3,12 +3,12 @@
 Tasks: two moons, Gaussian linear (10-D), SLCP, and SLCP with 92 uninformative distractor
 numbers appended and permuted (a Gaussian mixture independent of theta). Each configuration
 is a set of overrides of the training recipe (``hybridflow.cli.recipe``), so ``library`` is
-exactly what ``hybridflow train`` builds: a ``coupling_flow`` on all of R^D (spline or affine
-couplings, and the MLP summary's width and dropout, by the task's sizes: ``size_defaults``), a
-standardising MLP summary and ``NPEConfig()``. The flow trains with
-``NPETrainer`` for at most ``--minutes`` of CPU time of this process (``time.process_time``:
-the machine may be shared); three timed epochs set ``max_epochs``, and the run may stop
-earlier by itself. C2ST (sbibm's recipe, or ``fast``) then compares ``--samples`` posterior
+exactly what ``hybridflow train`` builds: three ``coupling_flow``s on all of R^D trained
+together, whose mixture is the posterior (spline or affine couplings, and the MLP summary's
+width and dropout, by the task's sizes: ``size_defaults``), a standardising MLP summary and
+``NPEConfig()``. The flow trains with ``NPETrainer`` for at most ``--minutes`` of CPU time
+of this process (``time.process_time``: the machine may be shared); three timed epochs set
+``max_epochs``, and the run may stop earlier by itself. C2ST (sbibm's recipe, or ``fast``) then compares ``--samples`` posterior
 samples with the reference posterior's for ``--observations`` reference observations;
 ``--sbc N`` adds simulation-based calibration on Gaussian linear (KS p-value, Bonferroni
 over the 10 dimensions, on N fresh pairs).
@@ -21,13 +21,14 @@ without C2ST's cost. Run on one thread::
     OMP_NUM_THREADS=1 python benchmarks/npe_defaults.py --tasks gaussian_linear --sbc 1000
 
 Targets of issue 15 (mean over 3 observations, <= 5 CPU-min each): two moons <= 0.54,
-Gaussian linear <= 0.54, SLCP <= 0.80, SLCP + distractors <= 0.85; figures measured so far
-are in ``benchmarks/results/npe_defaults_search.csv``.
+Gaussian linear <= 0.54, SLCP <= 0.80, SLCP + distractors <= 0.85; the figures measured so
+far are in the comments of ``CONFIGS``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import sys
 import time
@@ -96,12 +97,13 @@ TASKS: dict[str, type[Task]] = {
     "slcp_distractors": SLCPDistractors,
 }
 # Overrides of the recipe's sections ([flow], [summary], [training]). "library" is the recipe
-# as ``hybridflow train`` fills it: coupling_flow (depth 5, hidden 64, support="real"; spline
-# couplings below 8 parameters, affine from 8), MLP summary (32 features, Standardize first,
-# hidden layers as wide as the observation rounded up to a power of two, at least 64;
-# dropout 0.1 above 64 entries), NPEConfig() (batch 256, lr 1e-3, plateau).
-# "previous" restores the defaults before this search (Bounded support, depth 4, 8 features,
-# batch 128, lr 5e-4).
+# as ``hybridflow train`` fills it: an ensemble of 3 coupling_flows (depth 5, hidden 64,
+# support="real"; spline couplings below 8 parameters, affine from 8), MLP summary (32
+# features, Standardize first, hidden layers as wide as the observation rounded up to a power
+# of two, at least 64; dropout 0.1 above 64 entries), NPEConfig() (batch 256, lr 1e-3,
+# plateau). Every other configuration trains one flow (the search before the ensemble
+# default; ``_recipe``) unless it sets ``ensemble`` itself. "previous" restores the defaults
+# before this search (Bounded support, depth 4, 8 features, batch 128, lr 5e-4).
 _PREVIOUS = {
     "flow": {"depth": 4, "support": "prior", "coupling": "spline"},
     "summary": {"features": 8, "hidden": 64},
@@ -167,13 +169,16 @@ CONFIGS: dict[str, dict[str, dict]] = {
     # after about 1 of its 5 CPU-minutes): a deeper flow 0.799, 16 spline bins 0.806, twice
     # the learning rate 0.793, "wide" 0.788 and 0.801 with --seed 1 (within the spread). An
     # ensemble of 3 flows trained jointly (the mixture of their posteriors; 3.0 CPU-min):
-    # 0.765 (0.909 / 0.715 / 0.671) and 0.788 with --seed 1: the one clear gain. Not a default:
-    # it triples every recipe's training time. With it, two moons 0.529 (3.4 CPU-min) and SLCP
-    # with distractors 0.804 (3.9 CPU-min), as good as their single flows (0.526, 0.806)
+    # 0.765 (0.909 / 0.715 / 0.671) and 0.788 with --seed 1: the one clear gain, for three
+    # times the training time. With it, two moons 0.529 (3.4 CPU-min), SLCP with distractors
+    # 0.804 (3.9 CPU-min), Gaussian linear 0.519 (SBC min p 0.0084), as good as their single
+    # flows (0.526, 0.806, 0.530): "library" (the vector recipe's default) since
     "depth8": {"flow": {"depth": 8}},
     "bins16": {"flow": {"bins": 16}},
     "lr2e3": {"training": {"learning_rate": 2e-3}},
     "ensemble3": {"flow": {"ensemble": 3}},
+    # the library's recipe with one flow, as "library" was before the ensemble default
+    "single": {},
     # benchmarks/sbi_c2st.py's settings when issue 15 was filed (two moons 0.547, older C2ST)
     "issue": {
         "flow": {"depth": 5, "support": "real"},
@@ -186,11 +191,15 @@ CONFIGS: dict[str, dict[str, dict]] = {
 def _recipe(name: str, config: str) -> dict:
     """The checked recipe of task ``name`` with the overrides of ``config``. The defaults
     that follow the task's sizes (``size_defaults``) are those of the task itself: the
-    recipe's ``slcp`` does not know the 100 numbers of ``slcp_distractors``."""
+    recipe's ``slcp`` does not know the 100 numbers of ``slcp_distractors``. Every
+    configuration but ``library`` trains one flow unless it sets ``flow.ensemble``."""
     task = TASKS[name]()
     sizes = (math.prod(task.theta_shape), math.prod(task.x_shape))
     base = "slcp" if name == "slcp_distractors" else name
-    return check_recipe({"task": {"name": base}, **CONFIGS[config]}, f"config {config}", sizes)
+    sections = copy.deepcopy(CONFIGS[config])
+    if config != "library":
+        sections["flow"] = {"ensemble": 1, **sections.get("flow", {})}
+    return check_recipe({"task": {"name": base}, **sections}, f"config {config}", sizes)
 
 
 def _build(recipe: dict, task: Task, data) -> ConditionalFlow:

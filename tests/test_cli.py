@@ -18,7 +18,7 @@ from hybridflow.cli.errors import UsageError
 from hybridflow.cli.main import main
 from hybridflow.cli.outputs import check_output_folder
 from hybridflow.cli.recipe import build_flow, build_task, check_recipe, load_recipe
-from hybridflow.distributions import ConditionalFlow
+from hybridflow.distributions import ConditionalFlow, FlowEnsemble
 from hybridflow.sbi.training.npe_objective import NPEObjective
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -309,7 +309,8 @@ def test_mlp_summary_dropout_follows_the_observation_size() -> None:
     def dropouts(recipe: dict) -> tuple[float, int]:
         checked = check_recipe(recipe)
         flow = build_flow(checked, build_task(checked))
-        layers = [m for m in flow.modules() if isinstance(m, torch.nn.Dropout)]
+        member = flow.members[0] if isinstance(flow, FlowEnsemble) else flow
+        layers = [m for m in member.modules() if isinstance(m, torch.nn.Dropout)]
         return checked["summary"]["dropout"], sum(
             m.p == checked["summary"]["dropout"] for m in layers
         )

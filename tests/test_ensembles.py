@@ -80,6 +80,19 @@ def test_npe_trains_each_member_as_if_alone_and_the_mixture_is_their_average(cli
     assert samples.shape == (1000, 2)
 
 
+def test_vector_recipes_default_to_three_members_and_image_recipes_to_one() -> None:
+    recipe = check_recipe({"task": {"name": "slcp"}, "flow": {"depth": 1, "hidden": 4}})
+    flow = build_flow(recipe, build_task(recipe))
+    assert recipe["flow"]["ensemble"] == 3 and isinstance(flow, FlowEnsemble) and len(flow) == 3
+    first, second = (dict(m.named_parameters()) for m in flow.members[:2])
+    name = "transform.layers.2.conditioner.0.weight"
+    assert not torch.equal(first[name], second[name])  # seeds 0, 1, 2
+    image = check_recipe({"task": {"name": "digits"}})
+    assert image["flow"]["ensemble"] == 1
+    single = check_recipe({"task": {"name": "slcp"}, "flow": {"ensemble": 1}})
+    assert single["flow"]["ensemble"] == 1  # the recipe wins
+
+
 def test_recipe_ensemble_trains_saves_and_samples(tmp_path, capsys) -> None:
     recipe = check_recipe({"task": {"name": "two_moons"}, "flow": {"ensemble": 2, "depth": 1}})
     flow = build_flow(recipe, build_task(recipe))

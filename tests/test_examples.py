@@ -79,7 +79,9 @@ def test_shipped_configs_build_a_working_flow(config) -> None:
     recipe = load_recipe(EXAMPLES / "configs" / config)
     task = build_task(recipe)
     flow = build_flow(recipe, task)
-    assert flow.transform.mode == recipe["flow"]["mode"]
+    members = getattr(flow, "members", [flow])  # a FlowEnsemble for vector recipes
+    assert len(members) == recipe["flow"]["ensemble"]
+    assert all(m.transform.mode == recipe["flow"]["mode"] for m in members)
     data = simulate(task, 8, seed=0)
     log_q = flow(data.x).log_prob(data.theta)
     assert log_q.shape == (8,) and log_q.isfinite().all()

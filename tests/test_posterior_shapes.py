@@ -103,10 +103,15 @@ def test_cli_mlp_summary_standardizes_with_the_training_statistics(tmp_path) -> 
     assert recipe["summary"]["standardize"] and recipe["flow"]["coupling"] == "spline"
     task = build_task(recipe)
     flow = build_flow(recipe, task)
-    assert isinstance(flow.summary, Sequential) and isinstance(flow.summary[0], Standardize)
+    members = flow.members  # the vector recipe's ensemble: every member standardizes
+    assert len(members) == recipe["flow"]["ensemble"] > 1
+    for member in members:
+        assert isinstance(member.summary, Sequential)
+        assert isinstance(member.summary[0], Standardize)
     data = simulate(task, 64, seed=0)
     fit_standardize(flow, data.x)
-    torch.testing.assert_close(flow.summary[0].mean, data.x.mean(0))
+    for member in members:
+        torch.testing.assert_close(member.summary[0].mean, data.x.mean(0))
     assert not check_recipe({"task": {"name": "digits"}})["summary"]["standardize"]
 
 

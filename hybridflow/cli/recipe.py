@@ -8,9 +8,10 @@ A recipe is a dict of sections, read from TOML (or YAML where PyYAML is installe
     [simulations]   count, seed
     [flow]          kind = "glow" (image parameters) | "coupling" (vectors), mode, depth,
                     hidden, seed, ensemble (K members, seeds seed .. seed + K - 1, whose
-                    mixture is the posterior); glow: levels, squeeze, clamp; coupling: coupling
-                    ("spline", "affine" from 8 parameters up: AFFINE_FROM), bins, bound,
-                    support ("prior": the flow's mass stays inside a bounded prior; "real")
+                    mixture is the posterior; 3 for coupling, 1 for glow); glow: levels,
+                    squeeze, clamp; coupling: coupling ("spline", "affine" from 8
+                    parameters up: AFFINE_FROM), bins, bound, support ("prior": the flow's
+                    mass stays inside a bounded prior; "real")
     [summary]       kind = "cnn" | "mlp" | "none", features, standardize (z-score the
                     observations with statistics of the training simulations: true for mlp
                     and none, false for cnn); cnn: hidden, depth, output, pool_size; mlp:
