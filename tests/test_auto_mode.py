@@ -94,6 +94,20 @@ def test_train_and_eval_mode_are_estimated_apart():
     assert chain.mode_choice.estimate is training
 
 
+def test_appending_layers_measures_again():
+    chain = hf.Chain(AffineCoupling(4, hidden=8), mode="auto")
+    x = torch.randn(8, 4)
+    chain(x)
+    one = chain.mode_choice.estimate
+    chain.layers.append(AffineCoupling(4, hidden=8))
+    chain(x)
+    two = chain.mode_choice.estimate
+    assert two is not one and two.per_sample > 1.5 * one.per_sample
+    del chain.layers[1]
+    chain(x)
+    assert chain.mode_choice.estimate is one
+
+
 @pytest.mark.parametrize(("limit", "chosen"), [("unlimited", "store"), (0, "invert")])
 def test_the_probe_leaves_data_init_and_the_random_state_as_they_were(limit, chosen):
     """ActNorm initialises from the real batch and the generator advances as in the mode

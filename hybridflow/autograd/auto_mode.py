@@ -8,11 +8,13 @@ storages autograd saves while the chain runs its layers in store mode on two sma
 the batch (2 and 4 samples; the whole batch when it is smaller), parameters left out and each
 storage counted once. It stores when the estimate is at most ``store_limit`` and inverts
 otherwise. The probe runs once per input signature (the shapes after the batch, dtype,
-device, direction, autocast, train or eval mode: dropout keeps its masks in training only); a
-chain whose parameters are frozen or thawed after its first call keeps the earlier estimate
-(an upper bound when they were frozen). It keeps no activation (each is counted, then freed, so its
-peak is that of a pass without grad on a few samples) and leaves no trace: the random state,
-the buffers and any pending data-dependent initialisation (ActNorm) are put back afterwards.
+device, direction, autocast, train or eval mode: dropout keeps its masks in training only;
+the number of layers, so appending or removing layers measures again); a chain whose
+parameters are frozen or thawed, or whose layers are swapped for others of the same count,
+after its first call keeps the earlier estimate (an upper bound when they were frozen). It
+keeps no activation (each is counted, then freed, so its peak is that of a pass without grad
+on a few samples) and leaves no trace: the random state, the buffers and any pending
+data-dependent initialisation (ActNorm) are put back afterwards.
 
 Vector flows (a posterior over a few parameters) keep a few MiB and store, which saves the
 reconstruction's extra compute; image networks keep hundreds of MiB or more and invert, which
@@ -192,6 +194,7 @@ class AutoMode:
             inverse,
             torch.is_autocast_enabled(h.device.type),  # half-precision activations
             module.training,
+            len(module.layers),  # layers appended or removed since: measured again
         )
         if key not in self._estimates:
             self._estimates[key] = _probe(run, module, h, cond)
