@@ -152,9 +152,9 @@ FLOW_OPTIONS = {
     "coupling": {
         **library_defaults(coupling_flow, ("mode", "depth", "hidden", "coupling", "bins", "bound")),
         "seed": RECIPE_SEED,
-        # three members trained jointly, their mixture the posterior: SLCP C2ST 0.765 against a
-        # single flow's 0.812 (seeds 0 and 1: 0.788 against 0.810), as good as one flow on the
-        # other tasks, for about three times the training time (benchmarks/npe_defaults.py)
+        # three members trained jointly, their mixture the posterior: SLCP C2ST 0.765-0.792
+        # (four runs, two seeds) against one flow's 0.810-0.812, about as good as one flow on
+        # the other tasks, for three times the training time (benchmarks/npe_defaults.py)
         "ensemble": 3,
         # "real": a flow on all of R^D, rejection inside the prior when sampling. "prior" (a
         # Bounded first layer) keeps the mass inside a box, but a posterior that reaches the
