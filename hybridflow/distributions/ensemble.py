@@ -18,10 +18,11 @@ class FlowEnsemble(nn.Module, Configurable):
     :math:`\frac1K \sum_k q_k(\theta \mid x)` (:class:`UniformMixture`).
 
     Each member is trained on its own loss (:class:`~hybridflow.sbi.NPETrainer` minimises
-    the mean of the members' negative log densities, :meth:`member_log_prob`, in one
-    optimiser over all parameters: since the members share no parameter, each gets the gradient
-    of its own loss divided by ``K``, to which Adam is invariant, as if trained alone on the
-    same batches; gradient clipping acts on the global norm). Members that
+    the sum of the members' negative log densities, :meth:`member_log_prob`, in one
+    optimiser over all parameters: since the members share no parameter, each gets exactly
+    the gradient of its own loss, clipped on its own norm, as if trained alone on the same
+    batches; the learning-rate schedule and early stopping follow the members' mean
+    validation loss). Members that
     differ in their initial weights disagree where the data say little, and the mixture is
     wider there: ensembles are more often conservative (calibrated or over-dispersed) than
     one flow.

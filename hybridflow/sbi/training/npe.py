@@ -101,8 +101,9 @@ class NPETrainer:
     :math:`\theta` with ``batch_shape == (B,)`` (a
     :class:`~hybridflow.distributions.ConditionalFlow`, whose summary network then trains
     jointly), or a :class:`~hybridflow.distributions.FlowEnsemble` of ``K`` such flows, whose
-    members are trained together, each on its own loss and clipped on its own, exactly as it
-    would train alone (the loss reported is their mean). A
+    members are trained together, each on its own loss and clipped on its own, as it would
+    train alone on the same batches, but for the learning-rate schedule and early stopping,
+    which follow their mean loss (the loss reported). A
     share of the pairs is held out for validation; training stops early when the
     validation loss has not improved for ``patience`` epochs, and the parameters of the best
     epoch are restored. The learning rate follows the configured schedule; gradients are
