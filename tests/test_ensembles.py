@@ -93,6 +93,23 @@ def test_vector_recipes_default_to_three_members_and_image_recipes_to_one() -> N
     assert single["flow"]["ensemble"] == 1  # the recipe wins
 
 
+def test_resuming_with_another_number_of_members_names_the_key(tmp_path, capsys) -> None:
+    recipe = (
+        '[task]\nname = "two_moons"\n[simulations]\ncount = 128\n'
+        "[flow]\nensemble = 1\ndepth = 1\nhidden = 8\n[summary]\nfeatures = 2\nhidden = 8\n"
+        'depth = 1\n[training]\nmax_epochs = 1\nbatch_size = 64\nschedule = "constant"\n'
+    )
+    out = train_from_recipe(tmp_path, recipe)
+    before = (out / "checkpoint.pt").read_bytes()
+    config = tmp_path / "default.toml"
+    config.write_text(recipe.replace("ensemble = 1\n", ""))  # the default: 3 members
+    argv = ["train", "--config", str(config), "--out", str(out), "--resume", "--quiet"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "holds 1 flow(s) and the recipe builds 3" in error and "set ensemble = 1" in error
+    assert (out / "checkpoint.pt").read_bytes() == before  # nothing touched
+
+
 def test_recipe_ensemble_trains_saves_and_samples(tmp_path, capsys) -> None:
     recipe = check_recipe({"task": {"name": "two_moons"}, "flow": {"ensemble": 2, "depth": 1}})
     flow = build_flow(recipe, build_task(recipe))

@@ -65,6 +65,21 @@ class TrainResult:
     seconds: float
 
 
+def _check_members(state: object, flow: ConditionalFlow | FlowEnsemble, path: Path) -> None:
+    """Refuse to resume a checkpoint of another number of ensemble members than the recipe
+    builds, naming the key to set (the state would not load, and its key lists say less)."""
+    if not isinstance(state, dict):
+        return  # a damaged file: the trainer's own checks name it
+    held = len({key.split(".")[1] for key in state if key.startswith("members.")}) or 1
+    built = len(flow) if isinstance(flow, FlowEnsemble) else 1
+    if held != built:
+        raise UsageError(
+            f"cannot resume: {path} holds {held} flow(s) and the recipe builds {built} "
+            f"([flow] ensemble; vector recipes default to 3): set ensemble = {held} in the "
+            "recipe's [flow] to resume that run, or pass --overwrite to start afresh"
+        )
+
+
 def _history_csv(history: NPEHistory) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -141,6 +156,7 @@ def train_recipe(
         try:
             if resume and checkpoint.exists():
                 saved = load_checkpoint(checkpoint)
+                _check_members(saved.get("model"), flow, checkpoint)
                 finished = bool(saved.get("finished"))
                 epochs = len(saved.get("history", {}).get("train_loss", []))
                 if finished and epochs < config.max_epochs:
