@@ -12,7 +12,7 @@ from torch.distributions import Normal
 
 import hybridflow as hf
 from hybridflow.cli.main import main
-from hybridflow.cli.recipe import build_flow, build_task, check_recipe
+from hybridflow.cli.recipe import build_flow, build_task, check_recipe, recipe_summary
 from hybridflow.distributions import ConditionalFlow, FlowEnsemble, UniformMixture, coupling_flow
 from hybridflow.sbi import GaussianLinear, NPEConfig, NPETrainer, simulate
 
@@ -91,6 +91,8 @@ def test_vector_recipes_default_to_three_members_and_image_recipes_to_one() -> N
     assert image["flow"]["ensemble"] == 1
     single = check_recipe({"task": {"name": "slcp"}, "flow": {"ensemble": 1}})
     assert single["flow"]["ensemble"] == 1  # the recipe wins
+    assert "an ensemble of 3 coupling flows (depth=1" in recipe_summary(recipe)
+    assert "; coupling flow (depth=5" in recipe_summary(single)
 
 
 def test_resuming_with_another_number_of_members_names_the_key(tmp_path, capsys) -> None:

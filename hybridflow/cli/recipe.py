@@ -399,8 +399,10 @@ def recipe_summary(recipe: dict[str, Any]) -> str:
     task, flow, summary = recipe["task"], recipe["flow"], recipe["summary"]
     options = ", ".join(f"{k}={v}" for k, v in task.items() if k != "name")
     shape = f"levels={flow['levels']}, " if flow["kind"] == "glow" else ""
+    count = flow.get("ensemble", 1)
+    flows = f"an ensemble of {count} {flow['kind']} flows" if count > 1 else f"{flow['kind']} flow"
     return (
-        f"task {task['name']}({options}); {flow['kind']} flow ({shape}depth={flow['depth']}, "
+        f"task {task['name']}({options}); {flows} ({shape}depth={flow['depth']}, "
         f"hidden={flow['hidden']}, mode={flow['mode']}) with a {summary['kind']} summary; "
         f"{recipe['simulations']['count']} simulations"
     )
