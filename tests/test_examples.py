@@ -79,7 +79,7 @@ def test_shipped_configs_build_a_working_flow(config) -> None:
     recipe = load_recipe(EXAMPLES / "configs" / config)
     task = build_task(recipe)
     flow = build_flow(recipe, task)
-    members = getattr(flow, "members", [flow])  # a FlowEnsemble for vector recipes
+    members = getattr(flow, "members", [flow])  # a FlowEnsemble where the config asks for one
     assert len(members) == recipe["flow"]["ensemble"]
     assert all(m.transform.mode == recipe["flow"]["mode"] for m in members)
     data = simulate(task, 8, seed=0)
