@@ -8,8 +8,9 @@ together, whose mixture is the posterior (spline or affine couplings, and the ML
 width and dropout, by the task's sizes: ``size_defaults``), a standardising MLP summary and
 ``NPEConfig()``. The flow trains with ``NPETrainer`` for at most ``--minutes`` of CPU time
 of this process (``time.process_time``: the machine may be shared); three timed epochs set
-``max_epochs``, and the run may stop earlier by itself. C2ST (sbibm's recipe, or ``fast``) then compares ``--samples`` posterior
-samples with the reference posterior's for ``--observations`` reference observations;
+``max_epochs``, and the run may stop earlier by itself. C2ST (sbibm's recipe, or ``fast``)
+then compares ``--samples`` posterior samples with the reference posterior's for
+``--observations`` reference observations;
 ``--sbc N`` adds simulation-based calibration on Gaussian linear (KS p-value, Bonferroni
 over the 10 dimensions, on N fresh pairs).
 
@@ -28,7 +29,6 @@ far are in the comments of ``CONFIGS``.
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import sys
 import time
@@ -199,7 +199,7 @@ def _recipe(name: str, config: str) -> dict:
     task = TASKS[name]()
     sizes = (math.prod(task.theta_shape), math.prod(task.x_shape))
     base = "slcp" if name == "slcp_distractors" else name
-    sections = copy.deepcopy(CONFIGS[config])
+    sections = dict(CONFIGS[config])  # the flow section is replaced, not edited
     if config != "library":
         sections["flow"] = {"ensemble": 1, **sections.get("flow", {})}
     return check_recipe({"task": {"name": base}, **sections}, f"config {config}", sizes)

@@ -95,16 +95,20 @@ def test_vector_recipes_default_to_three_members_and_image_recipes_to_one() -> N
     assert "; coupling flow (depth=5" in recipe_summary(single)
 
 
-def test_resuming_with_another_number_of_members_names_the_key(tmp_path, capsys) -> None:
-    recipe = (
+def _tiny_two_moons(ensemble: str) -> str:
+    """A one-epoch two-moons recipe; ``ensemble`` is its ``[flow]`` line ("" for the default)."""
+    return (
         '[task]\nname = "two_moons"\n[simulations]\ncount = 128\n'
-        "[flow]\nensemble = 1\ndepth = 1\nhidden = 8\n[summary]\nfeatures = 2\nhidden = 8\n"
+        f"[flow]\n{ensemble}depth = 1\nhidden = 8\n[summary]\nfeatures = 2\nhidden = 8\n"
         'depth = 1\n[training]\nmax_epochs = 1\nbatch_size = 64\nschedule = "constant"\n'
     )
-    out = train_from_recipe(tmp_path, recipe)
+
+
+def test_resuming_with_another_number_of_members_names_the_key(tmp_path, capsys) -> None:
+    out = train_from_recipe(tmp_path, _tiny_two_moons("ensemble = 1\n"))
     before = (out / "checkpoint.pt").read_bytes()
     config = tmp_path / "default.toml"
-    config.write_text(recipe.replace("ensemble = 1\n", ""))  # the default: 3 members
+    config.write_text(_tiny_two_moons(""))  # the default: 3 members
     argv = ["train", "--config", str(config), "--out", str(out), "--resume", "--quiet"]
     assert main(argv) == 2
     error = capsys.readouterr().err
@@ -116,12 +120,7 @@ def test_recipe_ensemble_trains_saves_and_samples(tmp_path, capsys) -> None:
     recipe = check_recipe({"task": {"name": "two_moons"}, "flow": {"ensemble": 2, "depth": 1}})
     flow = build_flow(recipe, build_task(recipe))
     assert isinstance(flow, FlowEnsemble) and len(flow) == 2
-    out = train_from_recipe(
-        tmp_path,
-        '[task]\nname = "two_moons"\n[simulations]\ncount = 128\n'
-        "[flow]\nensemble = 2\ndepth = 1\nhidden = 8\n[summary]\nfeatures = 2\nhidden = 8\n"
-        'depth = 1\n[training]\nmax_epochs = 1\nbatch_size = 64\nschedule = "constant"\n',
-    )
+    out = train_from_recipe(tmp_path, _tiny_two_moons("ensemble = 2\n"))
     loaded, _ = hf.load(out / "model.pt")
     assert isinstance(loaded, FlowEnsemble)
     samples = tmp_path / "s.pt"
