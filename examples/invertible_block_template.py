@@ -29,6 +29,8 @@ class ConditionalScaleShift(hf.InvertibleModule):
         cond_features: size of the condition ``(B, cond_features)``.
     """
 
+    draws_random_numbers = False  # deterministic: an invert chain need not re-seed it
+
     def __init__(self, num_features: int, cond_features: int) -> None:
         super().__init__()
         self.num_features = num_features

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import NoisyCoupling, flow_loss, glow_chain
+from helpers import NoisyCoupling, flow_loss, glow_chain, perturb_parameters
 from torch import nn
 
 import hybridflow as hf
@@ -149,6 +149,24 @@ def test_frozen_parameters_and_input_without_grad(float64):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("frozen", ["lower", "upper", "log_diag"])
+@pytest.mark.parametrize("inverted", [False, True])
+def test_a_partly_frozen_conv1x1_gets_the_gradients_of_plain_autograd(float64, frozen, inverted):
+    grads = []
+    for mode in ("store", "invert"):
+        torch.manual_seed(1)
+        conv = InvConv1x1(4)
+        perturb_parameters(conv, 0.3)
+        getattr(conv, frozen).requires_grad_(False)
+        chain = hf.Chain(ActNorm(4), hf.layers.Inverse(conv) if inverted else conv, mode=mode)
+        x = torch.randn(3, 4, 5, 5, requires_grad=True)
+        trainable = [p for p in chain.parameters() if p.requires_grad]
+        grads.append(torch.autograd.grad(flow_loss(*chain(x)), [x, *trainable]))
+    assert len(grads[0]) == 1 + 2 + 2  # the input, ActNorm's two, the conv's two unfrozen
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
 def test_shared_layer_gradients_accumulate(float64):
     torch.manual_seed(3)
     coupling = AffineCoupling(4, hidden=8)
@@ -287,6 +305,57 @@ def test_random_layers_follow_manual_seed_and_advance_the_generator_deterministi
     torch.testing.assert_close(after_again, after)  # the generator moved the same way
     torch.manual_seed(5)
     assert not torch.equal(after, torch.rand(3))  # it moved: one draw for the call's seed
+
+
+class _StochasticShift(hf.InvertibleModule):
+    """A user layer without a declaration: it may draw, so it is re-seeded."""
+
+    def forward(self, x, cond=None):
+        return x, x.new_zeros(x.shape[0])
+
+    def inverse(self, y, cond=None):
+        return y, y.new_zeros(y.shape[0])
+
+
+class _UndeclaredActNorm(hf.layers.ActNorm):
+    """A subclass that does not restate the declaration of ActNorm."""
+
+
+def test_which_layers_count_as_drawing_random_numbers():
+    draws = hf.autograd.draws_random_numbers
+    deterministic = [
+        glow_chain(3, 2, "invert", squeeze=True),
+        hf.networks.Glow(3, levels=2, depth=1, hidden=4, cond_features=1),
+        hf.networks.HINT(4, depth=1, hidden=4),
+        hf.layers.SplineCoupling(4, subnet=lambda i, o: nn.Sequential(nn.Linear(i, o), nn.GELU())),
+    ]
+    drawing = [
+        NoisyCoupling(4),  # nn.Dropout in its conditioner
+        hf.layers.AffineCoupling(4, subnet=lambda i, o: nn.Sequential(nn.Linear(i, o), nn.RReLU())),
+        _StochasticShift(),
+        _UndeclaredActNorm(4),
+        hf.Chain(hf.layers.ActNorm(4), NoisyCoupling(4)),
+    ]
+    assert [draws(m) for m in deterministic] == [False] * len(deterministic)
+    assert [draws(m) for m in drawing] == [True] * len(drawing)
+
+
+def test_invert_mode_forks_the_generators_only_for_layers_that_draw(monkeypatch):
+    forks = []
+    fork_rng = torch.random.fork_rng
+
+    def counting(*args, **kwargs):
+        forks.append(1)
+        return fork_rng(*args, **kwargs)
+
+    monkeypatch.setattr(torch.random, "fork_rng", counting)
+    x = torch.randn(6, 4)
+    for noisy, expected in ((0, 0), (1, 2), (2, 4)):  # once forward, once reconstructing
+        layers = [hf.layers.ActNorm(4), hf.layers.Reverse(4)] + [NoisyCoupling(4)] * noisy
+        chain = hf.Chain(*layers, mode="invert").train()
+        forks.clear()
+        flow_loss(*chain(x)).backward()
+        assert len(forks) == expected
 
 
 class _AutocastProbe(hf.InvertibleModule):
@@ -483,8 +552,7 @@ def test_micro_batches_slice_the_forward_pass_too(float64):
     chain(x)
     after = torch.rand(3)
     torch.manual_seed(3)
-    torch.randint((1 << 63) - 1, ())  # the call's seed: one draw, whatever the slices
-    assert torch.equal(after, torch.rand(3))
+    assert torch.equal(after, torch.rand(3))  # no layer draws: the call draws no seed either
 
 
 def test_micro_batched_chain_replays_random_draws_per_slice(float64):
@@ -496,6 +564,12 @@ def test_micro_batched_chain_replays_random_draws_per_slice(float64):
     for _ in range(2):
         flow_loss(*chain(x)).backward()
         assert chain.drift_report.max_error < 1e-12
+    torch.manual_seed(3)
+    chain(x)
+    after = torch.rand(3)
+    torch.manual_seed(3)
+    torch.randint((1 << 63) - 1, ())  # the call's seed: one draw, whatever the slices
+    assert torch.equal(after, torch.rand(3))
     # each slice draws its own numbers: equal rows in two slices get different noise
     y, _ = hf.Chain(_NoisyScale(), micro_batches=2)(torch.ones(4, 2, requires_grad=True))
     assert not torch.equal(y[:2], y[2:])

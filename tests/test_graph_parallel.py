@@ -51,7 +51,10 @@ def test_graph_module_ddp_two_processes_equal_one_process(tmp_path, flags):
     (single,) = _run(tmp_path / "single")
     ranks = _run(tmp_path / "ddp", *flags, processes=2)
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
-    assert _relative(single, ranks[0]) < 1e-10
+    # float64 rounding of the two batch halves' sums, amplified by Adam's normalisation of
+    # small gradients: measured 8.5e-11 (1x1 convolution differentiated by autograd) and
+    # 1.1e-10 (its hand-written rule), worst on a log_diag; a wrong gradient is off by >1e-4
+    assert _relative(single, ranks[0]) < 1e-9
     initial = build_graph(4, None, torch.float64).state_dict()
     assert _relative(initial, single) > 1e-4  # the parameters really moved
 

@@ -186,6 +186,7 @@ ALL_CONDS: tuple[Cond, ...] = ("none", "vector", "field")
 CASES: list[Case] = [
     *cases("ActNorm", lambda d, c: ActNorm(3), 3),
     *cases("InvConv1x1", lambda d, c: InvConv1x1(3), 3),
+    *cases("Inverse-InvConv1x1", lambda d, c: Inverse(InvConv1x1(3)), 3),
     *cases("Affine", lambda d, c: Affine(3), 3),
     *cases("LeakyReLU", lambda d, c: LeakyReLU(0.3), 3, sample=away_from_zero),
     *cases("Permute", lambda d, c: Permute(5, seed=3), 5),

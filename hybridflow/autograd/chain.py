@@ -21,7 +21,7 @@ from hybridflow.autograd.modes import Mode, active_mode, chains_in_mode
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
 from hybridflow.autograd.reconstruct import reconstruct_steps
 from hybridflow.autograd.record import PassRecord, at_layer
-from hybridflow.autograd.replay import ReplayState, is_replaying
+from hybridflow.autograd.replay import ReplayState, draws_random_numbers, is_replaying
 from hybridflow.autograd.running_stats import check_no_hidden_state
 from hybridflow.autograd.tiling import TileSize, check_tile_size, check_tileable, tiled
 from hybridflow.autograd.validation import data_checks, torch_func_active
@@ -68,7 +68,10 @@ class Chain(InvertibleModule):
         preserve_rng_state: in ``"invert"`` mode, give each layer a reproducible random stream
             (seeded once per call), so that random layers (dropout in a conditioner) draw the
             same numbers when re-run during backward. Costs one integer per call; disable only
-            for deterministic layers. ``"store"`` mode draws exactly as ``nn.Sequential``.
+            for deterministic layers. A chain none of whose layers draws random numbers
+            (:func:`~hybridflow.autograd.draws_random_numbers`) is not seeded and leaves the
+            global generator alone, as in ``"store"`` mode, which draws exactly as
+            ``nn.Sequential``.
         on_drift: in ``"invert"`` mode, what the drift guard does when a rebuilt layer input
             is further from the forward pass's than ``drift_tolerance``
             (:mod:`hybridflow.autograd.drift`): ``"warn"`` (once, naming the layer),
@@ -114,6 +117,8 @@ class Chain(InvertibleModule):
         >>> torch.allclose(chain.inverse(y)[0], x, atol=1e-5)
         True
     """
+
+    draws_random_numbers = False
 
     def __init__(
         self,
@@ -289,7 +294,11 @@ class Chain(InvertibleModule):
         chosen = mode == "auto" and len(self.layers) > 0 and not torch_func_active()
         if chosen and (differentiable or not is_inside_chain()):
             mode = self._choose(h, cond, inverse).mode
-        seeded = self.preserve_rng_state and (mode == "invert" or is_replaying())
+        seeded = (
+            self.preserve_rng_state
+            and (mode == "invert" or is_replaying())
+            and draws_random_numbers(self)
+        )
         if mode == "invert" and differentiable and len(self.layers) > 0:
             if torch_func_active():
                 # torch.func transforms (vmap, grad, jacrev, jacfwd) refuse a Function without
@@ -330,7 +339,11 @@ class Chain(InvertibleModule):
     def seeds_layers(self) -> bool:
         """Whether this pass seeds its layers' random streams (see ``preserve_rng_state``)."""
         inverting = self.active_mode == "invert" or self._inverting
-        return self.preserve_rng_state and (inverting or is_replaying())
+        return (
+            self.preserve_rng_state
+            and (inverting or is_replaying())
+            and draws_random_numbers(self)
+        )
 
     def _steps(self, inverse: bool) -> list[tuple[int, InvertibleModule]]:
         """Layers in the order the pass applies them."""
@@ -362,7 +375,7 @@ class Chain(InvertibleModule):
                         if record is None
                         else record.watched_buffers(layer, isinstance(layer, Chain))
                     )
-                    with replay.layer(index), _named_errors(index, layer):
+                    with replay.layer(index, layer), _named_errors(index, layer):
                         h, layer_logdet = layer.inverse(h, cond) if inverse else layer(h, cond)
                     if watch is not None:
                         check_no_hidden_state(layer, watch, " > ".join(record.labels))

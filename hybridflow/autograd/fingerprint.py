@@ -41,7 +41,6 @@ of width ``PROJECTIONS + 1`` is therefore always a projected one.)"""
 _SEED = 0x5EED_F1A9
 
 
-@lru_cache(maxsize=256)
 def _split(numel: int) -> tuple[int, int]:
     """``(m, n)`` with ``m * n = numel`` and ``n`` the divisor closest to ``sqrt(numel)``."""
     root = math.isqrt(numel)
@@ -51,9 +50,16 @@ def _split(numel: int) -> tuple[int, int]:
     return numel, 1  # unreachable: 1 divides everything
 
 
+@torch.compiler.disable
 @lru_cache(maxsize=64)
-def _signs(m: int, n: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Fixed Rademacher factors ``u (m, K)`` and ``v (n, K)``, the same in every process."""
+def _signs(numel: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Fixed Rademacher factors ``u (m, K)`` and ``v (n, K)`` for samples of ``numel = m n``
+    numbers (:func:`_split`), the same in every process.
+
+    Cached, and run eagerly under ``torch.compile`` (Dynamo would trace past the cache and
+    build the factors again in every call); only checked calls of the drift guard get here.
+    """
+    m, n = _split(numel)
     generator = torch.Generator().manual_seed(_SEED + 7919 * m + n)
     u = torch.randint(0, 2, (m, PROJECTIONS), generator=generator) * 2 - 1
     v = torch.randint(0, 2, (n, PROJECTIONS), generator=generator) * 2 - 1
@@ -70,9 +76,8 @@ def fingerprint(h: Tensor) -> Tensor:
         numel = flat.shape[1]
         if numel <= EXACT_LIMIT:
             return flat.clone()
-        m, n = _split(numel)
-        u, v = _signs(m, n, flat.dtype, flat.device)
-        projected = (flat.view(-1, m, n) @ v).mul_(u).sum(1)  # (B, K)
+        u, v = _signs(numel, flat.dtype, flat.device)
+        projected = (flat.view(-1, u.shape[0], v.shape[0]) @ v).mul_(u).sum(1)  # (B, K)
         norm = torch.linalg.vector_norm(flat, dim=1, keepdim=True)
         return torch.cat([projected, norm], dim=1)
 

@@ -62,6 +62,12 @@ class InvertibleModule(nn.Module, Configurable):
     write ``.grad``: they return parameter gradients, and the chain hands them to autograd.
     """
 
+    draws_random_numbers: bool = True
+    """Whether this class's own code may draw from torch's random generators. Read from each
+    class's own body only (:func:`~hybridflow.autograd.replay.draws_random_numbers`): a
+    subclass whose forward and inverse draw none says ``draws_random_numbers = False`` itself,
+    and invert mode then skips re-seeding it. Its submodules are judged on their own."""
+
     @property
     def takes_condition(self) -> bool:
         """Whether the module uses a condition; unconditional modules ignore ``cond``."""

@@ -7,10 +7,82 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
 
 from hybridflow.autograd.scopes import NestingCount
 
-__all__ = ["ReplayState", "is_replaying", "replaying"]
+__all__ = ["ReplayState", "draws_random_numbers", "is_replaying", "replaying"]
+
+# torch modules whose forward draws no random numbers (exact types: a subclass may override
+# forward). Dropout, RReLU and anything else not listed count as drawing.
+_NON_RANDOM_TORCH_MODULES: frozenset[type[nn.Module]] = frozenset(
+    {
+        nn.Sequential,
+        nn.ModuleList,
+        nn.ModuleDict,
+        nn.Identity,
+        nn.Linear,
+        nn.Bilinear,
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.ConvTranspose1d,
+        nn.ConvTranspose2d,
+        nn.ConvTranspose3d,
+        nn.ReLU,
+        nn.ReLU6,
+        nn.LeakyReLU,
+        nn.PReLU,
+        nn.ELU,
+        nn.CELU,
+        nn.SELU,
+        nn.GELU,
+        nn.SiLU,
+        nn.Mish,
+        nn.Tanh,
+        nn.Sigmoid,
+        nn.Softplus,
+        nn.Softsign,
+        nn.Tanhshrink,
+        nn.Hardtanh,
+        nn.Hardswish,
+        nn.Hardsigmoid,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.BatchNorm1d,
+        nn.BatchNorm2d,
+        nn.BatchNorm3d,
+        nn.InstanceNorm1d,
+        nn.InstanceNorm2d,
+        nn.InstanceNorm3d,
+        nn.Flatten,
+        nn.Unflatten,
+        nn.Upsample,
+        nn.AvgPool1d,
+        nn.AvgPool2d,
+        nn.AvgPool3d,
+        nn.AdaptiveAvgPool1d,
+        nn.AdaptiveAvgPool2d,
+        nn.AdaptiveAvgPool3d,
+    }
+)
+
+
+def draws_random_numbers(module: nn.Module) -> bool:
+    """Whether running ``module`` may draw from torch's random generators.
+
+    False only when every submodule (``module`` included) is a torch module known to draw
+    none (exact type, e.g. ``nn.Conv2d``, ``nn.ReLU``; not ``nn.Dropout``) or declares
+    ``draws_random_numbers = False`` in its own class body (an inherited declaration does not
+    count: a subclass may add randomness). Anything else counts as drawing, so the answer errs
+    on the side of re-seeding. Read at every call, so a conditioner swapped for one with
+    dropout is seen at once.
+    """
+    return not all(
+        type(m) in _NON_RANDOM_TORCH_MODULES
+        or vars(type(m)).get("draws_random_numbers", True) is False
+        for m in module.modules()
+    )
 
 
 _SEEDED = NestingCount()
@@ -46,7 +118,8 @@ class ReplayState:
     re-run during backward. Only one integer is kept per call, whatever the depth.
 
     The seed is one draw from the global CPU generator (so it follows ``torch.manual_seed``
-    and advances that generator by one draw per call), kept as a 0-d CPU tensor: drawing it
+    and advances that generator by one draw per call of a chain holding a layer that draws
+    random numbers; a chain without one is not seeded), kept as a 0-d CPU tensor: drawing it
     reads no value back, so ``torch.compile`` traces the draw into its graph and a CUDA run
     waits for nothing. The value is read (a CPU ``int``, no device sync) only where a layer's
     generators are re-seeded (:meth:`layer`): ``manual_seed`` takes a Python integer, and
@@ -88,9 +161,13 @@ class ReplayState:
             yield
 
     @contextmanager
-    def layer(self, index: int) -> Iterator[None]:
-        """Run layer ``index`` with its own reproducible random stream."""
-        if self.seed is None:
+    def layer(self, index: int, layer: nn.Module) -> Iterator[None]:
+        """Run ``layer``, the chain's layer ``index``, with its own reproducible random stream.
+
+        A layer that draws no random numbers (:func:`draws_random_numbers`) runs as it is: its
+        stream would go unused, and forking the generators costs a host round trip per layer
+        (and a graph break under ``torch.compile``)."""
+        if self.seed is None or not draws_random_numbers(layer):
             yield
             return
         devices = [self.device] if self.device.type == "cuda" else []

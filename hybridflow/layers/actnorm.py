@@ -44,6 +44,8 @@ class ActNorm(Affine):
         Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", 2018.
     """
 
+    draws_random_numbers = False
+
     def __init__(self, num_features: int, eps: float = 1e-6) -> None:
         positive_int(num_features, "num_features", "ActNorm")
         number(eps, "eps", "ActNorm", minimum=0, open_low=True)

@@ -56,6 +56,8 @@ class InvConv1x1(InvertibleModule):
         Kingma & Dhariwal, "Glow: Generative Flow with Invertible 1x1 Convolutions", 2018.
     """
 
+    draws_random_numbers = False
+
     def __init__(self, num_features: int, seed: int | None = None) -> None:
         super().__init__()
         positive_int(num_features, "num_features", "InvConv1x1")
@@ -90,11 +92,13 @@ class InvConv1x1(InvertibleModule):
     def inverse_weight(self) -> Tensor:
         r""":math:`W^{-1} = U^{-1} L^{-1} P^T`, by triangular solves (never under autocast)."""
         with torch.autocast(self.lower.device.type, enabled=False):
-            lower, upper = self._factors()
-            lower_inv = torch.linalg.solve_triangular(
-                lower, self.identity, upper=False, unitriangular=True
-            )
-            return torch.linalg.solve_triangular(upper, lower_inv @ self.permutation.T, upper=True)
+            return self._inverse_of(*self._factors())
+
+    def _inverse_of(self, lower: Tensor, upper: Tensor) -> Tensor:
+        lower_inv = torch.linalg.solve_triangular(
+            lower, self.identity, upper=False, unitriangular=True
+        )
+        return torch.linalg.solve_triangular(upper, lower_inv @ self.permutation.T, upper=True)
 
     def _logdet(self, x: Tensor, sign: float) -> Tensor:
         return (sign * math.prod(x.shape[2:]) * self.log_diag.sum()).expand(x.shape[0])
@@ -117,27 +121,38 @@ class InvConv1x1(InvertibleModule):
         *,
         inverse: bool = False,
     ) -> Reconstruction:
-        r"""Hand-written rule. For a pass ``out = M in`` (``M`` is ``W``, or ``W^{-1}`` for the
-        inverse pass): ``in = M^{-1} out``, :math:`\overline{in} = M^T \overline{out}`,
-        :math:`\bar M = \sum \overline{out}\, in^T`; ``M`` and the log determinant are then
-        back-propagated to the LU factors through their small ``(C, C)`` graph.
+        r"""Hand-written rule, without autograd. For a pass ``out = M in`` (``M`` is ``W``, or
+        ``W^{-1}`` for the inverse pass): ``in = M^{-1} out``, :math:`\overline{in} = M^T
+        \overline{out}`, :math:`\bar M = \sum \overline{out}\, in^T` (for the inverse pass
+        :math:`\bar W = -M^T \bar M M^T`). Through :math:`W = P L U`: :math:`\bar L = P^T \bar W
+        U^T` and :math:`\bar U = L^T P^T \bar W`, masked to their free entries, and
+        :math:`\bar s = \mathrm{diag}(\bar U)\, \sigma e^{s} \pm N \sum_b \overline{\log\det}_b`.
         """
         params = tuple(self.parameters())
-        trainable = [p for p in params if p.requires_grad]
-        with torch.enable_grad():
-            matrix = self.inverse_weight() if inverse else self.weight()
-            logdet = (-1.0 if inverse else 1.0) * self.log_diag.sum()
-        with torch.no_grad():
-            undo = self.weight() if inverse else self.inverse_weight()
+        with torch.no_grad(), torch.autocast(output.device.type, enabled=False):
+            lower, upper = self._factors()
+            weight = self.permutation @ lower @ upper
+            weight_inv = self._inverse_of(lower, upper)
+            matrix, undo = (weight_inv, weight) if inverse else (weight, weight_inv)
             rebuilt = _mix(undo, output)
-            grad_input = _mix(matrix.detach().T, grad_output)
-        if not trainable:
-            return Reconstruction(rebuilt, grad_input, None, (None,) * len(params))
-        with torch.autocast(output.device.type, enabled=False):
+            grad_input = _mix(matrix.T, grad_output)
+            if not any(p.requires_grad for p in params):
+                return Reconstruction(rebuilt, grad_input, None, (None,) * len(params))
             grad_matrix = _outer_sum(grad_output.to(matrix.dtype), rebuilt.to(matrix.dtype))
-        grad_logdet_total = (math.prod(output.shape[2:]) * grad_logdet.sum()).to(matrix.dtype)
-        grads = torch.autograd.grad(
-            (matrix, logdet), trainable, (grad_matrix, grad_logdet_total), allow_unused=True
+            grad_weight = -(matrix.T @ grad_matrix @ matrix.T) if inverse else grad_matrix
+            permuted = self.permutation.T @ grad_weight
+            grad_upper_full = lower.T @ permuted
+            grads = {
+                id(self.lower): (permuted @ upper.T) * self.lower_mask,
+                id(self.upper): grad_upper_full * self.lower_mask.T,
+                id(self.log_diag): grad_upper_full.diagonal() * self.sign * self.log_diag.exp()
+                + (-1.0 if inverse else 1.0)
+                * math.prod(output.shape[2:])
+                * grad_logdet.sum().to(matrix.dtype),
+            }
+        return Reconstruction(
+            rebuilt,
+            grad_input,
+            None,
+            tuple(grads[id(p)] if p.requires_grad else None for p in params),
         )
-        by_param = dict(zip(map(id, trainable), grads, strict=True))
-        return Reconstruction(rebuilt, grad_input, None, tuple(by_param.get(id(p)) for p in params))

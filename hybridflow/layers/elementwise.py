@@ -45,6 +45,8 @@ class Affine(InvertibleModule):
         Dinh et al., "Density estimation using Real NVP", 2017 (affine bijections).
     """
 
+    draws_random_numbers = False
+
     def __init__(self, num_features: int) -> None:
         super().__init__()
         positive_int(num_features, "num_features", type(self).__name__)
@@ -134,6 +136,8 @@ class LeakyReLU(InvertibleModule):
         Maas et al., "Rectifier Nonlinearities Improve Neural Network Acoustic Models", 2013;
         Dinh et al., "Density estimation using Real NVP", 2017 (invertible activations).
     """
+
+    draws_random_numbers = False
 
     def __init__(self, negative_slope: float = 0.1) -> None:
         super().__init__()

@@ -58,6 +58,8 @@ class HaarSqueeze(VolumePreserving):
         Networks", 2019 (Haar downsampling in invertible networks).
     """
 
+    draws_random_numbers = False
+
     def __init__(self) -> None:
         super().__init__()
         self._pixels = Squeeze(2)

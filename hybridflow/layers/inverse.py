@@ -31,6 +31,8 @@ class Inverse(Wrapper):
         (2, 3, 8, 8)
     """
 
+    draws_random_numbers = False
+
     inner_name = "module"
 
     def __init__(self, module: InvertibleModule) -> None:

@@ -66,6 +66,8 @@ class Split(Wrapper):
         Kingma & Dhariwal, "Glow", 2018.
     """
 
+    draws_random_numbers = False
+
     def __init__(self, inner: InvertibleModule, split_size: int) -> None:
         super().__init__(inner)
         self.split_size = positive_int(split_size, "split_size", "Split")
@@ -148,6 +150,8 @@ class ResizeCondition(Wrapper):
         >>> tuple(y.shape)
         (2, 4, 8, 8)
     """
+
+    draws_random_numbers = False
 
     def __init__(self, inner: InvertibleModule) -> None:
         super().__init__(inner)

@@ -19,6 +19,8 @@ class ChannelPermutation(VolumePreserving):
         num_features: the number of channels ``C``.
     """
 
+    draws_random_numbers = False
+
     def __init__(self, num_features: int) -> None:
         super().__init__()
         self.num_features = positive_int(num_features, "num_features", type(self).__name__)
@@ -57,6 +59,8 @@ class Permute(ChannelPermutation):
         Kruse et al., "HINT: Hierarchical Invertible Neural Transport", 2021.
     """
 
+    draws_random_numbers = False
+
     def __init__(self, num_features: int, seed: int | None = None) -> None:
         super().__init__(num_features)
         integer(seed, "seed", "Permute", minimum=0, optional=True)
@@ -85,6 +89,8 @@ class Reverse(ChannelPermutation):
     References:
         Dinh et al., "NICE: Non-linear Independent Components Estimation", 2015.
     """
+
+    draws_random_numbers = False
 
     def _map(self, x: Tensor) -> Tensor:
         return x.flip(1)

@@ -25,6 +25,8 @@ class Squeeze(VolumePreserving):
         Dinh et al., "Density estimation using Real NVP", 2017.
     """
 
+    draws_random_numbers = False
+
     def __init__(self, factor: int = 2) -> None:
         super().__init__()
         positive_int(factor, "factor", "Squeeze")

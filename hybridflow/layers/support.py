@@ -69,6 +69,8 @@ class Bounded(InvertibleModule):
         log transforms); Dirmeier et al. / sbi's ``biject_transform_zuko``.
     """
 
+    draws_random_numbers = False
+
     def __init__(self, lower: Sequence[float], upper: Sequence[float]) -> None:
         super().__init__()
         low, high = _bounds(lower, "lower", "Bounded"), _bounds(upper, "upper", "Bounded")

@@ -37,6 +37,8 @@ class VolumePreserving(InvertibleModule):
     :meth:`_unmap` (its inverse); it must be orthogonal, or the rule would be wrong.
     """
 
+    draws_random_numbers = False
+
     def _check(self, x: Tensor, where: str) -> None:
         """Raise ``InputError``/``InputTypeError`` naming ``where`` for an input it cannot map."""
         raise NotImplementedError

@@ -21,6 +21,8 @@ class Wrapper(InvertibleModule):
         inner: the wrapped invertible module.
     """
 
+    draws_random_numbers = False
+
     inner_name: ClassVar[str] = "inner"
     """The attribute that holds the wrapped module (and the prefix of its ``state_dict`` keys)."""
 

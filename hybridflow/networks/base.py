@@ -33,6 +33,8 @@ class Network(InvertibleModule):
         store_limit: the bound of every chain's ``"auto"`` mode (see :class:`~hybridflow.Chain`).
     """
 
+    draws_random_numbers = False
+
     flow: Chain
 
     def __init__(

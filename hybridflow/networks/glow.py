@@ -110,6 +110,8 @@ class Glow(Network):
         flows", 2023 (arXiv:2312.13480).
     """
 
+    draws_random_numbers = False
+
     @renamed_arguments(in_channels="num_features", cond_channels="cond_features")
     def __init__(
         self,

@@ -69,6 +69,8 @@ class HINT(Network):
         for Density Estimation and Bayesian Inference", AAAI 2021.
     """
 
+    draws_random_numbers = False
+
     def __init__(
         self,
         num_features: int,

@@ -41,6 +41,8 @@ class AdditiveCoupling(CouplingLayer):
         Gomez et al., "The Reversible Residual Network", 2017.
     """
 
+    draws_random_numbers = False
+
     previous_config_names = ("hybridflow.layers.additive_coupling.AdditiveCoupling",)
 
     params_per_feature = 1

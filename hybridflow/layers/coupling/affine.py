@@ -33,6 +33,8 @@ class AffineCoupling(CouplingLayer):
         Kingma & Dhariwal, "Glow", 2018.
     """
 
+    draws_random_numbers = False
+
     previous_config_names = ("hybridflow.layers.coupling.AffineCoupling",)
 
     params_per_feature = 2

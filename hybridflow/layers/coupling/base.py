@@ -52,6 +52,8 @@ class CouplingBase(InvertibleModule):
     without a pass-through part).
     """
 
+    draws_random_numbers = False
+
     passes_half: ClassVar[bool] = True
     """``False`` for the elementwise conditional variants: every feature is transformed and
     the conditioner sees the condition alone (the pass-through half is empty)."""
@@ -108,6 +110,8 @@ class CouplingLayer(CouplingBase):
         subnet: optional conditioner factory ``subnet(in_features, out_features)`` replacing the
             default network. All trainable parameters of the layer must live in it.
     """
+
+    draws_random_numbers = False
 
     params_per_feature: int = 1
     """Conditioner outputs per transformed feature (a class attribute; a subclass whose count

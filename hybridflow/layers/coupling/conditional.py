@@ -49,6 +49,8 @@ class ConditionalSpline(SplineCoupling):
         context, as zuko's and nflows' one-dimensional transforms).
     """
 
+    draws_random_numbers = False
+
     previous_config_names = ("hybridflow.layers.conditional_elementwise.ConditionalSpline",)
 
     passes_half = False
@@ -87,6 +89,8 @@ class ConditionalAffine(AffineCoupling):
         >>> tuple(y.shape), tuple(logdet.shape)
         ((4, 1), (4,))
     """
+
+    draws_random_numbers = False
 
     previous_config_names = ("hybridflow.layers.conditional_elementwise.ConditionalAffine",)
 

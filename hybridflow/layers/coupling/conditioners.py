@@ -79,6 +79,8 @@ class ConstantConditioner(nn.Module):
         spatial_dims: trailing spatial dimensions of the input (0 for vectors).
     """
 
+    draws_random_numbers = False
+
     def __init__(self, out_features: int, spatial_dims: int = 0) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims

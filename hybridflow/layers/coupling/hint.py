@@ -67,6 +67,8 @@ class HINTCoupling(CouplingBase):
         for Density Estimation and Bayesian Inference", AAAI 2021.
     """
 
+    draws_random_numbers = False
+
     previous_config_names = ("hybridflow.layers.hint_coupling.HINTCoupling",)
 
     @renamed_arguments(depth="recursion")

@@ -155,6 +155,8 @@ class SplineCoupling(CouplingLayer):
         1982.
     """
 
+    draws_random_numbers = False
+
     previous_config_names = ("hybridflow.layers.spline_coupling.SplineCoupling",)
 
     def __init__(
