@@ -13,6 +13,11 @@ chain's own choice (store while plain autograd keeps at most 64 MiB): it should 
     python benchmarks/step_time.py --size 512 --depths 16 --modes invert tiled --tile-size 128
     OMP_WAIT_POLICY=PASSIVE python benchmarks/step_time.py --size 128 --depths 4 32
 
+``--compiled`` adds ``torch.compile`` (Inductor) steps of store and invert mode, compared with
+the eager store step (the first calls compile: a minute or more per model on CPU):
+
+    python benchmarks/step_time.py --size 64 --depths 16 64 --modes store invert --compiled
+
 ``--vector`` times the vector posterior of issue 14 instead: a ConditionalFlow
 (``coupling_flow(5, 32)``, 5 steps of spline couplings, an MLP summary of 100 numbers) at
 batch 256, in store, invert and auto mode (``coupling_flow``'s default), eager and, with
@@ -41,6 +46,7 @@ from hybridflow.summary import MLP
 
 MODES = ("store", "invert", "checkpoint", "tiled", "auto")
 VECTOR_MODES = ("store", "invert", "auto")
+COMPILED_MODES = ("store", "invert")
 
 
 class _VectorStep:
@@ -87,7 +93,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES[:3]))
     parser.add_argument("--tile-size", type=int, default=128, help="tile edge of mode tiled")
     parser.add_argument("--vector", action="store_true", help="the vector ConditionalFlow")
-    parser.add_argument("--compiled", action="store_true", help="--vector: compiled too")
+    parser.add_argument(
+        "--compiled", action="store_true", help="also time compiled store and invert steps"
+    )
     args = parser.parse_args(argv)
     policy = os.environ.get("OMP_WAIT_POLICY", "default")
     if args.vector:
@@ -112,14 +120,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 else GlowLike(3, depth, args.hidden, mode)
             )
             optimizers[mode] = torch.optim.Adam(models[mode].parameters(), lr=1e-4)
-        for mode in args.modes:  # warm-up: ActNorm init, optimizer state, allocator pools
-            for _ in range(2):
-                training_step(models[mode], optimizers[mode], x)
+        steps = dict.fromkeys(args.modes, training_step)
+        if args.compiled:
+            for mode in COMPILED_MODES:
+                torch.manual_seed(0)
+                models[f"compiled {mode}"] = GlowLike(3, depth, args.hidden, mode)
+                optimizers[f"compiled {mode}"] = torch.optim.Adam(
+                    models[f"compiled {mode}"].parameters(), lr=1e-4
+                )
+                steps[f"compiled {mode}"] = torch.compile(training_step)
+        for name, step in steps.items():  # warm-up: ActNorm init, optimizer state, compilation
+            for _ in range(3 if name.startswith("compiled") else 2):
+                step(models[name], optimizers[name], x)
         runs = {
-            mode: partial(training_step, models[mode], optimizers[mode], x) for mode in args.modes
+            name: partial(step, models[name], optimizers[name], x) for name, step in steps.items()
         }
         medians = interleaved_medians(runs, args.repeats)
-        for mode in args.modes:
+        for mode in steps:
             rows.append(
                 {
                     "depth": depth,
@@ -133,10 +150,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"Glow-like step, {args.size}x{args.size}, batch {args.batch}, hidden {args.hidden}, "
         f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}, median of {args.repeats}"
     )
-    print(f"{'depth':>5} {'mode':>10} {'ms/step':>9} {'vs store':>8} {'vs invert':>9}")
+    print(f"{'depth':>5} {'mode':>16} {'ms/step':>9} {'vs store':>8} {'vs invert':>9}")
     for r in rows:
         print(
-            f"{r['depth']:>5} {r['mode']:>10} {r['ms']:>9.0f} {r['ratio']:>8.2f} "
+            f"{r['depth']:>5} {r['mode']:>16} {r['ms']:>9.0f} {r['ratio']:>8.2f} "
             f"{r['vs_invert']:>9.2f}"
         )
     return rows

@@ -155,6 +155,7 @@ class ReconstructingFunction(torch.autograd.Function):
         return y, logdet
 
     @staticmethod
+    @torch.compiler.disable  # eager by design: see docs/architecture.md, torch.compile
     def backward(ctx: Any, grad_y: Tensor, grad_logdet: Tensor) -> tuple[Tensor | None, ...]:
         run: Reconstructible = ctx.run
         where = run.describe()
