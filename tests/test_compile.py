@@ -104,3 +104,22 @@ def test_an_invert_chain_breaks_only_at_the_callers_backward_and_at_random_layer
         assert [
             r for r in _break_reasons(lambda v: noisy(v)[0], torch.randn(6, 4)) if "non-Tensor" in r
         ]
+
+
+def test_dynamos_trace_autograd_ops_is_refused_rather_than_losing_the_gradients():
+    chain = glow_chain(3, 1, "invert", hidden=8, squeeze=True)
+    x = torch.randn(2, 3, 8, 8)
+
+    def train(v):
+        loss = flow_loss(*chain(v))
+        loss.backward()
+        return loss.detach()
+
+    # with the flag, torch 2.13 never calls the Function's backward: the gradients would be None
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        for run in (train, torch.compile(train, backend="eager")):
+            with pytest.raises(hf.ReconstructionError, match="trace_autograd_ops=True"):
+                run(x)
+    assert all(p.grad is None for p in chain.parameters())  # nothing half-done
+    train(x)  # without it, as usual
+    assert all(p.grad is not None for p in chain.parameters())

@@ -340,9 +340,7 @@ class Chain(InvertibleModule):
         """Whether this pass seeds its layers' random streams (see ``preserve_rng_state``)."""
         inverting = self.active_mode == "invert" or self._inverting
         return (
-            self.preserve_rng_state
-            and (inverting or is_replaying())
-            and draws_random_numbers(self)
+            self.preserve_rng_state and (inverting or is_replaying()) and draws_random_numbers(self)
         )
 
     def _steps(self, inverse: bool) -> list[tuple[int, InvertibleModule]]:

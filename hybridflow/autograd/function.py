@@ -7,6 +7,7 @@ graph's runtime goes through the same Function).
 
 from __future__ import annotations
 
+import sys
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -131,6 +132,7 @@ class ReconstructingFunction(torch.autograd.Function):
         cond: Tensor | None,
         *params: Tensor,
     ) -> tuple[Tensor, Tensor]:
+        _refuse_traced_autograd(run.describe())
         replay = ReplayState.capture(x.device, run.seeds_layers())
         record = run.pass_record(x)
 
@@ -194,6 +196,24 @@ class ReconstructingFunction(torch.autograd.Function):
             for g, needed in zip(result.grad_params, ctx.needs_input_grad[_PARAMS:], strict=True)
         )
         return (None, None, None, grad_x, result.grad_cond, *grad_params)
+
+
+def _refuse_traced_autograd(where: str) -> None:
+    """Refuse to run under Dynamo's experimental ``trace_autograd_ops``.
+
+    With it, a compiled step that calls ``backward()`` traces the backward itself and, in
+    torch 2.13, never calls the backward of a Function it could not trace: every gradient
+    behind the chain would silently stay ``None``. (Read from ``sys.modules``: importing
+    Dynamo here would cost every first call a second.)
+    """
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is not None and getattr(dynamo.config, "trace_autograd_ops", False):
+        raise ReconstructionError(
+            "an invert-mode chain cannot run with torch._dynamo.config.trace_autograd_ops="
+            "True: a compiled backward would skip its reconstruction and leave the gradients "
+            "None. Set it to False (the default), or use mode='store'",
+            where=(where,),
+        )
 
 
 def unpack_saved(ctx: Any, where: str) -> tuple[Tensor, ...]:
