@@ -21,7 +21,7 @@ from hybridflow.autograd.modes import Mode, active_mode, chains_in_mode
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
 from hybridflow.autograd.reconstruct import reconstruct_steps
 from hybridflow.autograd.record import PassRecord, at_layer
-from hybridflow.autograd.replay import ReplayState, draws_random_numbers, is_replaying
+from hybridflow.autograd.replay import ReplayState, is_replaying, seeded_pass
 from hybridflow.autograd.running_stats import check_no_hidden_state
 from hybridflow.autograd.tiling import TileSize, check_tile_size, check_tileable, tiled
 from hybridflow.autograd.validation import data_checks, torch_func_active
@@ -67,11 +67,9 @@ class Chain(InvertibleModule):
             training mode.
         preserve_rng_state: in ``"invert"`` mode, give each layer a reproducible random stream
             (seeded once per call), so that random layers (dropout in a conditioner) draw the
-            same numbers when re-run during backward. Costs one integer per call; disable only
-            for deterministic layers. A chain none of whose layers draws random numbers
-            (:func:`~hybridflow.autograd.draws_random_numbers`) is not seeded and leaves the
-            global generator alone, as in ``"store"`` mode, which draws exactly as
-            ``nn.Sequential``.
+            same numbers when re-run during backward; costs one integer per call. A chain whose
+            layers draw none (:func:`~hybridflow.autograd.draws_random_numbers`) is not seeded.
+            ``"store"`` mode draws exactly as ``nn.Sequential``.
         on_drift: in ``"invert"`` mode, what the drift guard does when a rebuilt layer input
             is further from the forward pass's than ``drift_tolerance``
             (:mod:`hybridflow.autograd.drift`): ``"warn"`` (once, naming the layer),
@@ -241,21 +239,8 @@ class Chain(InvertibleModule):
         return self.name if self.name is not None else f"Chain of {len(self)} layers"
 
     def pass_record(self, x: Tensor) -> PassRecord | None:
-        """What the reconstructing Function records in this call: fingerprints when the
-        drift guard checks it, anchors when there are any; ``None`` for neither."""
-        checked = self._drift_guard.next_call_checked()
-        anchors = self._drift_guard.repair_paths | self._anchor_paths()
-        if not checked and not anchors:
-            return None
-        first = self._drift_guard.calls == 1
-        return PassRecord(x.shape[0], anchors, fingerprints=checked, first=first)
-
-    def _anchor_paths(self) -> frozenset[tuple[int, ...]]:
-        """``anchor_every`` as record paths: the input of every ``m``-th step after the first."""
-        m, total = self.anchor_every, len(self.layers)
-        if m is None:
-            return frozenset()
-        return frozenset((index,) for index in range(m, total, m))
+        """What the reconstructing Function records in this call (:meth:`DriftGuard.pass_record`)."""
+        return self._drift_guard.pass_record(x.shape[0], self.anchor_every, len(self.layers))
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if is_inside_chain():  # the outermost chain undoes a failed initialisation
@@ -294,11 +279,7 @@ class Chain(InvertibleModule):
         chosen = mode == "auto" and len(self.layers) > 0 and not torch_func_active()
         if chosen and (differentiable or not is_inside_chain()):
             mode = self._choose(h, cond, inverse).mode
-        seeded = (
-            self.preserve_rng_state
-            and (mode == "invert" or is_replaying())
-            and draws_random_numbers(self)
-        )
+        seeded = seeded_pass(self, self.preserve_rng_state, mode == "invert")
         if mode == "invert" and differentiable and len(self.layers) > 0:
             if torch_func_active():
                 # torch.func transforms (vmap, grad, jacrev, jacfwd) refuse a Function without
@@ -339,9 +320,7 @@ class Chain(InvertibleModule):
     def seeds_layers(self) -> bool:
         """Whether this pass seeds its layers' random streams (see ``preserve_rng_state``)."""
         inverting = self.active_mode == "invert" or self._inverting
-        return (
-            self.preserve_rng_state and (inverting or is_replaying()) and draws_random_numbers(self)
-        )
+        return seeded_pass(self, self.preserve_rng_state, inverting)
 
     def _steps(self, inverse: bool) -> list[tuple[int, InvertibleModule]]:
         """Layers in the order the pass applies them."""

@@ -156,6 +156,18 @@ class DriftGuard:
             return True
         return self.every > 0 and (self.calls - 1) % self.every == 0
 
+    def pass_record(self, batch: int, anchor_every: int | None, layers: int) -> PassRecord | None:
+        """What a chain of ``layers`` records in this differentiable call (counting it):
+        fingerprints when the guard checks it, anchors (its repair anchors, and the input of
+        every ``anchor_every``-th layer after the first) when there are any; ``None`` for
+        neither."""
+        checked = self.next_call_checked()
+        every = range(0) if anchor_every is None else range(anchor_every, layers, anchor_every)
+        anchors = self.repair_paths | frozenset((index,) for index in every)
+        if not checked and not anchors:
+            return None
+        return PassRecord(batch, anchors, fingerprints=checked, first=self.calls == 1)
+
     def _repair(self, record: PassRecord, report: DriftReport) -> None:
         """Space anchors so that no run of rebuilt layers reaches the tolerance.
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from hybridflow.autograd.scopes import NestingCount
 
-__all__ = ["ReplayState", "draws_random_numbers", "is_replaying", "replaying"]
+__all__ = ["ReplayState", "draws_random_numbers", "is_replaying", "replaying", "seeded_pass"]
 
 # torch modules whose forward draws no random numbers (exact types: a subclass may override
 # forward). Dropout, RReLU and anything else not listed count as drawing.
@@ -98,6 +98,13 @@ def replaying() -> AbstractContextManager[None]:
 def is_replaying() -> bool:
     """Whether the caller runs inside a seeded chain."""
     return _SEEDED.active
+
+
+def seeded_pass(chain: nn.Module, preserve_rng_state: bool, inverting: bool) -> bool:
+    """Whether a pass of ``chain`` seeds its layers' random streams: with
+    ``preserve_rng_state``, when it inverts or runs inside a seeded chain, and only when one of
+    its layers may draw random numbers (:func:`draws_random_numbers`)."""
+    return preserve_rng_state and (inverting or is_replaying()) and draws_random_numbers(chain)
 
 
 # Odd 64-bit constant (golden ratio) that spreads per-layer seeds far apart, so that layer i of

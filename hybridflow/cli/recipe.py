@@ -31,7 +31,6 @@ import copy
 import math
 import os
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,6 +48,7 @@ from hybridflow.cli.recipe_defaults import (
     size_defaults,
     task_sizes,
 )
+from hybridflow.cli.recipe_files import read_recipe_file
 from hybridflow.distributions import ConditionalFlow, FlowEnsemble, coupling_flow
 from hybridflow.networks import Glow
 from hybridflow.sbi import NPEConfig, Task
@@ -223,53 +223,14 @@ def check_recipe(
     }
 
 
-def _read_toml(path: Path) -> Any:
-    try:
-        import tomllib
-    except ImportError:  # pragma: no cover - Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ImportError as error:
-            raise UsageError(
-                f"{path}: reading TOML needs Python 3.11 or the tomli package (pip install tomli)"
-            ) from error
-    try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
-    except tomllib.TOMLDecodeError as error:
-        raise UsageError(f"{path} is not valid TOML: {error}") from error
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        import yaml
-    except ImportError as error:
-        raise UsageError(
-            f"{path}: YAML configs need PyYAML (pip install pyyaml); TOML needs nothing"
-        ) from error
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise UsageError(f"{path} is not valid YAML: {error}") from error
-
-
 def load_recipe(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a recipe from a ``.toml`` (or ``.yaml``/``.yml``) file and check it.
+    """Read a recipe from a ``.toml`` (or ``.yaml``/``.yml``) file
+    (:func:`~hybridflow.cli.recipe_files.read_recipe_file`) and check it.
 
     Raises:
         UsageError: no such file, a file that does not parse, or a bad recipe.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"config file {path} does not exist")
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        data = _read_toml(path)
-    elif suffix in (".yaml", ".yml"):
-        data = _read_yaml(path)
-    else:
-        raise UsageError(f"config file {path}: expected a .toml (or .yaml) file")
-    return check_recipe(data, str(path))
+    return check_recipe(read_recipe_file(path), str(path))
 
 
 def build_task(recipe: dict[str, Any]) -> Task:
