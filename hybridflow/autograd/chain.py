@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from typing import get_args
 
@@ -21,7 +21,7 @@ from hybridflow.autograd.modes import Mode, active_mode, chains_in_mode
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
 from hybridflow.autograd.reconstruct import reconstruct_steps
 from hybridflow.autograd.record import PassRecord, at_layer
-from hybridflow.autograd.replay import ReplayState, is_replaying, seeded_pass
+from hybridflow.autograd.replay import ReplayState, is_replaying
 from hybridflow.autograd.running_stats import check_no_hidden_state
 from hybridflow.autograd.tiling import TileSize, check_tile_size, check_tileable, tiled
 from hybridflow.autograd.validation import data_checks, torch_func_active
@@ -279,7 +279,7 @@ class Chain(InvertibleModule):
         chosen = mode == "auto" and len(self.layers) > 0 and not torch_func_active()
         if chosen and (differentiable or not is_inside_chain()):
             mode = self._choose(h, cond, inverse).mode
-        seeded = seeded_pass(self, self.preserve_rng_state, mode == "invert")
+        seeded = self.preserve_rng_state and (mode == "invert" or is_replaying())
         if mode == "invert" and differentiable and len(self.layers) > 0:
             if torch_func_active():
                 # torch.func transforms (vmap, grad, jacrev, jacfwd) refuse a Function without
@@ -287,14 +287,14 @@ class Chain(InvertibleModule):
                 # seeding (random draws under vmap must come from the transform).
                 seeded = is_replaying()
             else:
-                self._inverting = True  # what seeds_layers() says while the Function runs
+                self._inverting = True  # what seeded_layers() says while the Function runs
                 try:
                     return ReconstructingFunction.apply(
                         self, inverse, self._slices(), h, cond, *self.parameters()
                     )
                 finally:
                     self._inverting = False
-        replay = ReplayState.capture(h.device, seeded)
+        replay = ReplayState.capture(h.device, self.layers if seeded else ())
         with chains_in_mode("store") if self.mode == "auto" and mode == "store" else nullcontext():
             return self.run_layers(h, cond, inverse=inverse, replay=replay)
 
@@ -303,7 +303,7 @@ class Chain(InvertibleModule):
 
         def store_run(x: Tensor, c: Tensor | None) -> object:
             with chains_in_mode("store"):
-                replay = ReplayState.capture(x.device, preserve_rng_state=False)
+                replay = ReplayState.capture(x.device)
                 return self.run_layers(x, c, inverse=inverse, replay=replay)
 
         return self._auto.choose(store_run, self, h, cond, inverse)
@@ -317,10 +317,10 @@ class Chain(InvertibleModule):
         whole = self.anchor_every is not None or not all_initialized(self)
         return Slices(forward=1 if whole else k, backward=k)
 
-    def seeds_layers(self) -> bool:
-        """Whether this pass seeds its layers' random streams (see ``preserve_rng_state``)."""
+    def seeded_layers(self) -> Sequence[nn.Module]:
+        """The layers whose random streams this pass seeds (see ``preserve_rng_state``)."""
         inverting = self.active_mode == "invert" or self._inverting
-        return seeded_pass(self, self.preserve_rng_state, inverting)
+        return self.layers if self.preserve_rng_state and (inverting or is_replaying()) else ()
 
     def _steps(self, inverse: bool) -> list[tuple[int, InvertibleModule]]:
         """Layers in the order the pass applies them."""
@@ -352,7 +352,7 @@ class Chain(InvertibleModule):
                         if record is None
                         else record.watched_buffers(layer, isinstance(layer, Chain))
                     )
-                    with replay.layer(index, layer), _named_errors(index, layer):
+                    with replay.layer(index), _named_errors(index, layer):
                         h, layer_logdet = layer.inverse(h, cond) if inverse else layer(h, cond)
                     if watch is not None:
                         check_no_hidden_state(layer, watch, " > ".join(record.labels))
@@ -378,7 +378,7 @@ class Chain(InvertibleModule):
         ``slices`` of the batch each layer runs on (default: ``micro_batches``).
         """
         if replay is None:
-            replay = ReplayState.capture(output.device, self.seeds_layers())
+            replay = ReplayState.capture(output.device, self.seeded_layers())
         return reconstruct_steps(
             self._steps(inverse),
             tuple(self.parameters()),

@@ -8,10 +8,11 @@ graph's runtime goes through the same Function).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from hybridflow.autograd.drift import DriftGuard
 from hybridflow.autograd.microbatch import run_in_slices
@@ -66,8 +67,8 @@ class Reconstructible(Protocol):
         """What this call records (fingerprints, anchors), or ``None``; counts the call."""
         ...
 
-    def seeds_layers(self) -> bool:
-        """Whether the layers run with reproducible random streams."""
+    def seeded_layers(self) -> Sequence[nn.Module]:
+        """The layers this pass runs with reproducible random streams (none: empty)."""
         ...
 
     def run_layers(
@@ -133,7 +134,7 @@ class ReconstructingFunction(torch.autograd.Function):
         *params: Tensor,
     ) -> tuple[Tensor, Tensor]:
         _refuse_traced_autograd(run.describe())
-        replay = ReplayState.capture(x.device, run.seeds_layers())
+        replay = ReplayState.capture(x.device, run.seeded_layers())
         record = run.pass_record(x)
 
         def layers(h: Tensor, c: Tensor | None, row: int) -> tuple[Tensor, Tensor]:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from hybridflow.autograd.aliases import parameter_aliases
 from hybridflow.autograd.checks import inside_chain, named_layer_errors
@@ -52,7 +52,7 @@ def reconstruct_steps(
             layer_params = tuple(layer.parameters())
             with (
                 at_layer(index, layer) as record,
-                replay.layer(index, layer) if slices == 1 else nullcontext(),
+                replay.layer(index) if slices == 1 else nullcontext(),
                 named_layer_errors(index, layer),
                 parameter_aliases(layer),
                 frozen_running_stats(layer),
@@ -70,7 +70,7 @@ def reconstruct_steps(
                         grad_logdet,
                         cond,
                         slices=slices,
-                        each=partial(_slice_stream, replay, index, layer),
+                        each=partial(_slice_stream, replay, index),
                     )
                 else:
                     result = rule(start, grad_h, grad_logdet, cond)
@@ -86,8 +86,6 @@ def reconstruct_steps(
     return Reconstruction(h, grad_h, grad_cond, tuple(grad_params))
 
 
-def _slice_stream(
-    replay: ReplayState, index: int, layer: nn.Module, row: int
-) -> AbstractContextManager[None]:
+def _slice_stream(replay: ReplayState, index: int, row: int) -> AbstractContextManager[None]:
     """Layer ``index``'s random stream for the slice of the batch starting at ``row``."""
-    return replay.at_row(row).layer(index, layer)
+    return replay.at_row(row).layer(index)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
@@ -11,7 +11,7 @@ from torch import nn
 
 from hybridflow.autograd.scopes import NestingCount
 
-__all__ = ["ReplayState", "draws_random_numbers", "is_replaying", "replaying", "seeded_pass"]
+__all__ = ["ReplayState", "draws_random_numbers", "is_replaying", "replaying"]
 
 # torch modules whose forward draws no random numbers (exact types: a subclass may override
 # forward). Dropout, RReLU and anything else not listed count as drawing.
@@ -100,13 +100,6 @@ def is_replaying() -> bool:
     return _SEEDED.active
 
 
-def seeded_pass(chain: nn.Module, preserve_rng_state: bool, inverting: bool) -> bool:
-    """Whether a pass of ``chain`` seeds its layers' random streams: with
-    ``preserve_rng_state``, when it inverts or runs inside a seeded chain, and only when one of
-    its layers may draw random numbers (:func:`draws_random_numbers`)."""
-    return preserve_rng_state and (inverting or is_replaying()) and draws_random_numbers(chain)
-
-
 # Odd 64-bit constant (golden ratio) that spreads per-layer seeds far apart, so that layer i of
 # one call and layer j of another never share a random stream.
 _SEED_STRIDE = 0x9E3779B97F4A7C15
@@ -143,16 +136,25 @@ class ReplayState:
     seed: torch.Tensor | None
     device: torch.device
     autocast: tuple[tuple[str, bool, torch.dtype], ...]
+    random_layers: frozenset[int] = frozenset()
     row: int = 0
 
     @classmethod
-    def capture(cls, device: torch.device, preserve_rng_state: bool) -> ReplayState:
-        seed = torch.randint(_SEED_MASK, (), device="cpu") if preserve_rng_state else None
+    def capture(cls, device: torch.device, seeded: Sequence[nn.Module] = ()) -> ReplayState:
+        """The state of a pass that seeds the streams of ``seeded`` (a chain's layers, or none).
+
+        Only the layers that may draw random numbers (:func:`draws_random_numbers`, judged
+        once here for both passes) are re-seeded; when none may, no seed is drawn at all.
+        """
+        random_layers = frozenset(
+            i for i, layer in enumerate(seeded) if draws_random_numbers(layer)
+        )
+        seed = torch.randint(_SEED_MASK, (), device="cpu") if random_layers else None
         device_types = dict.fromkeys(["cpu", device.type])
         autocast = tuple(
             (t, torch.is_autocast_enabled(t), torch.get_autocast_dtype(t)) for t in device_types
         )
-        return cls(seed, device, autocast)
+        return cls(seed, device, autocast, random_layers)
 
     def at_row(self, row: int) -> ReplayState:
         """The state for a slice of the batch starting at ``row`` (``0``: this state)."""
@@ -168,13 +170,13 @@ class ReplayState:
             yield
 
     @contextmanager
-    def layer(self, index: int, layer: nn.Module) -> Iterator[None]:
-        """Run ``layer``, the chain's layer ``index``, with its own reproducible random stream.
+    def layer(self, index: int) -> Iterator[None]:
+        """Run layer ``index`` with its own reproducible random stream.
 
-        A layer that draws no random numbers (:func:`draws_random_numbers`) runs as it is: its
-        stream would go unused, and forking the generators costs a host round trip per layer
-        (and a graph break under ``torch.compile``)."""
-        if self.seed is None or not draws_random_numbers(layer):
+        A layer that draws no random numbers runs as it is: its stream would go unused, and
+        forking the generators costs a host round trip per layer (and a graph break under
+        ``torch.compile``)."""
+        if index not in self.random_layers:
             yield
             return
         devices = [self.device] if self.device.type == "cuda" else []
