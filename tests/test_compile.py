@@ -7,6 +7,7 @@ import torch
 from helpers import NoisyCoupling, flow_loss, glow_chain
 
 import hybridflow as hf
+from hybridflow.layers import ActNorm, AffineCoupling, InvConv1x1, Squeeze
 
 # aot_eager runs Dynamo's capture and AOTAutograd's tracing (where graph-capture bugs show)
 # without Inductor's code generation, which takes minutes on CPU; the benchmark
@@ -123,3 +124,32 @@ def test_dynamos_trace_autograd_ops_is_refused_rather_than_losing_the_gradients(
     assert all(p.grad is None for p in chain.parameters())  # nothing half-done
     train(x)  # without it, as usual
     assert all(p.grad is not None for p in chain.parameters())
+
+
+def test_a_compiled_chains_initialising_call_runs_eagerly_and_equals_eager():
+    def fresh_chain():
+        torch.manual_seed(0)
+        steps = [
+            hf.Chain(ActNorm(12), InvConv1x1(12), AffineCoupling(12, hidden=8, spatial_dims=2))
+            for _ in range(10)
+        ]
+        return hf.Chain(Squeeze(2), *steps, mode="invert")
+
+    x = torch.randn(2, 3, 8, 8)
+    eager, compiled = fresh_chain(), fresh_chain()
+    flow_loss(*eager(x)).backward()
+    torch._dynamo.utils.counters.clear()
+
+    def train(v):
+        loss = flow_loss(*compiled(v))
+        loss.backward()
+        return loss.detach()
+
+    torch.compile(train, backend="eager")(x)
+    # traced, ActNorm's data-dependent start broke the graph inside every layer and Dynamo
+    # compiled the per-layer bookkeeping frame by frame (28 graphs, then its recompile limit)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 3
+    for a, b in zip(eager.state_dict().values(), compiled.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a)
+    for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
+        torch.testing.assert_close(b.grad, a.grad)

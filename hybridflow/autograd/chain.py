@@ -92,7 +92,6 @@ class Chain(InvertibleModule):
             device against the parameters, a missing condition) always run, once, at the
             chain's entry, and name the layer: ``Chain layer 0 (ActNorm): input is
             torch.float64 but the parameters are torch.float32; ...``.
-
         tile_size: run the layers that can (couplings with convolutional conditioners) tile
             by tile over the spatial dimensions, cores of this edge (one int, or one per
             dimension) plus a halo of the conditioner's receptive field, whenever they run
@@ -245,6 +244,8 @@ class Chain(InvertibleModule):
     def forward(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if is_inside_chain():  # the outermost chain undoes a failed initialisation
             return self._pass(x, cond, inverse=False)
+        if torch.compiler.is_compiling() and not all_initialized(self):
+            return _initializing_call(self, x, cond)
         with rollback_data_init_on_error(self):
             return self._pass(x, cond, inverse=False)
 
@@ -388,3 +389,11 @@ class Chain(InvertibleModule):
             slices=self.micro_batches if slices is None else slices,
             tile_size=self.tile_size,
         )
+
+
+@torch.compiler.disable
+def _initializing_call(chain: Chain, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+    """A compiled chain's calls before every layer is initialised (ActNorm), run eagerly:
+    traced, they break inside each layer and Dynamo hits its recompile limit."""
+    with rollback_data_init_on_error(chain):
+        return chain._pass(x, cond, inverse=False)
