@@ -70,6 +70,16 @@ class NoisyCoupling(AffineCoupling):
         )
 
 
+class ExplodingInverse(hf.InvertibleModule):
+    """Inverse that overflows to Inf: reconstruction cannot rebuild the input."""
+
+    def forward(self, x, cond=None):
+        return x * 2, torch.full(x.shape[:1], x.shape[1] * 0.6931471805599453)
+
+    def inverse(self, y, cond=None):
+        return y / 2 + float("inf") * (y.abs() > 0.5), -self.forward(y)[1]
+
+
 def perturb_parameters(module: nn.Module, scale: float) -> None:
     """Add ``scale`` times standard normal noise to every parameter (away from the identity
     initialisation) and mark every ActNorm initialised (no data-dependent init on the first

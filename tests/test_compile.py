@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import NoisyCoupling, flow_loss, glow_chain
+from helpers import ExplodingInverse, NoisyCoupling, flow_loss, glow_chain
 
 import hybridflow as hf
 from hybridflow.layers import ActNorm, AffineCoupling, InvConv1x1, Squeeze
@@ -153,3 +153,54 @@ def test_a_compiled_chains_initialising_call_runs_eagerly_and_equals_eager():
         torch.testing.assert_close(b, a)
     for a, b in zip(eager.parameters(), compiled.parameters(), strict=True):
         torch.testing.assert_close(b.grad, a.grad)
+
+
+def _compiled_frames_per_step(depth: int, steps: int) -> list[int]:
+    """Frames Dynamo has compiled after each of ``steps`` compiled training steps."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    chain = glow_chain(3, depth, "invert", hidden=8, squeeze=True, perturb=0.01, drift_every=4)
+    optimizer = torch.optim.SGD(chain.parameters(), lr=1e-3)
+    x = torch.randn(2, 3, 8, 8)
+
+    def step(v):
+        optimizer.zero_grad()
+        loss = flow_loss(*chain(v))
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    compiled = torch.compile(step, backend="eager")
+    frames = []
+    for _ in range(steps):
+        compiled(x)
+        frames.append(torch._dynamo.utils.counters["frames"]["total"])
+    assert chain.drift_report.call == 9  # calls 1, 5 and 9 were checked
+    return frames
+
+
+def test_a_compiled_training_step_compiles_once_per_kind_of_call_whatever_the_depth():
+    # the drift guard counts calls in the (eager) backward and a checked call's forward pass
+    # runs eagerly: the compiled forward reads only whether to check, so it compiles once for
+    # the first call, once for unchecked ones and once for later checked ones. Before, it
+    # recompiled at every call (the count was a guarded constant) and a checked call compiled
+    # each layer's bookkeeping as a frame of its own (up to Dynamo's recompile limit)
+    shallow, deep = _compiled_frames_per_step(2, 10), _compiled_frames_per_step(6, 10)
+    assert shallow == deep, (shallow, deep)
+    assert len(set(shallow[4:])) == 1, shallow
+
+
+def test_a_compiled_invert_chain_still_refuses_a_non_finite_reconstruction():
+    # the data checks of traced code are off under torch.compile, but the reconstruction's
+    # check runs in the backward, which is eager: NaN gradients are refused, not returned
+    chain = hf.Chain(InvConv1x1(3), ExplodingInverse(), InvConv1x1(3), drift_every=0)
+    x = torch.randn(8, 3, requires_grad=True)
+
+    def train(v):
+        loss = flow_loss(*chain(v))
+        loss.backward()
+        return loss.detach()
+
+    with pytest.raises(hf.ReconstructionError, match="NaN/Inf"):
+        torch.compile(train, backend="eager")(x)
+    assert x.grad is None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import flow_loss, glow_chain
+from helpers import ExplodingInverse, flow_loss, glow_chain
 from torch import nn
 
 import hybridflow as hf
@@ -176,19 +176,9 @@ def test_on_drift_repair_keeps_anchors_and_makes_later_steps_exact(float64):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-class _Exploding(hf.InvertibleModule):
-    """Inverse that overflows to Inf: reconstruction cannot rebuild the input."""
-
-    def forward(self, x, cond=None):
-        return x * 2, torch.full(x.shape[:1], x.shape[1] * 0.6931471805599453)
-
-    def inverse(self, y, cond=None):
-        return y / 2 + float("inf") * (y.abs() > 0.5), -self.forward(y)[1]
-
-
 @pytest.mark.parametrize("drift_every", [0, 1])
 def test_non_finite_reconstruction_always_raises(drift_every):
-    chain = hf.Chain(InvConv1x1(3), _Exploding(), InvConv1x1(3), drift_every=drift_every)
+    chain = hf.Chain(InvConv1x1(3), ExplodingInverse(), InvConv1x1(3), drift_every=drift_every)
     x = torch.randn(8, 3)
     loss = flow_loss(*chain(x.requires_grad_(True)))
     with pytest.raises(ReconstructionError, match="NaN/Inf"):

@@ -15,7 +15,7 @@ from hybridflow.autograd.checks import check_entry, inside_chain, is_inside_chai
 from hybridflow.autograd.checks import named_layer_errors as _named_errors
 from hybridflow.autograd.data_init import all_initialized, rollback_data_init_on_error
 from hybridflow.autograd.drift import DriftGuard, DriftPolicy, DriftReport
-from hybridflow.autograd.function import ReconstructingFunction, Slices
+from hybridflow.autograd.function import ReconstructingFunction, Slices, eagerly
 from hybridflow.autograd.microbatch import check_acts_per_sample
 from hybridflow.autograd.modes import Mode, active_mode, chains_in_mode
 from hybridflow.autograd.module import InvertibleModule, Reconstruction
@@ -245,7 +245,7 @@ class Chain(InvertibleModule):
         if is_inside_chain():  # the outermost chain undoes a failed initialisation
             return self._pass(x, cond, inverse=False)
         if torch.compiler.is_compiling() and not all_initialized(self):
-            return _initializing_call(self, x, cond)
+            return eagerly(self.forward, x, cond)  # ActNorm's data-dependent start
         with rollback_data_init_on_error(self):
             return self._pass(x, cond, inverse=False)
 
@@ -389,11 +389,3 @@ class Chain(InvertibleModule):
             slices=self.micro_batches if slices is None else slices,
             tile_size=self.tile_size,
         )
-
-
-@torch.compiler.disable
-def _initializing_call(chain: Chain, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
-    """A compiled chain's calls before every layer is initialised (ActNorm), run eagerly:
-    traced, they break inside each layer and Dynamo hits its recompile limit."""
-    with rollback_data_init_on_error(chain):
-        return chain._pass(x, cond, inverse=False)

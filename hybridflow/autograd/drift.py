@@ -145,28 +145,32 @@ class DriftGuard:
         self.report: DriftReport | None = None
         self.repair_every: int | None = None
         self.repair_paths: frozenset[Path] = frozenset()
-        self.check_next = False
+        self.check_next = every > 0
+        self.first_pending = True
         self.warned = False
 
-    def next_call_checked(self) -> bool:
-        """Count a differentiable call; whether to fingerprint it."""
+    def count_call(self) -> None:
+        """Count a differentiable call, in its backward; decide whether to check the next.
+
+        Counted in backward, which runs eagerly, so that the forward pass reads only the
+        flags ``check_next`` and ``first_pending``: a compiled forward then has one graph
+        per value of them, where reading the count would recompile it at every call. A
+        call whose backward never runs is not counted (the next one is checked in its place).
+        """
         self.calls += 1
-        if self.check_next:
-            self.check_next = False
-            return True
-        return self.every > 0 and (self.calls - 1) % self.every == 0
+        self.first_pending = False
+        self.check_next = self.every > 0 and self.calls % self.every == 0
 
     def pass_record(self, batch: int, anchor_every: int | None, layers: int) -> PassRecord | None:
-        """What a chain of ``layers`` records in this differentiable call (counting it):
-        fingerprints when the guard checks it, anchors (its repair anchors, and the input of
-        every ``anchor_every``-th layer after the first) when there are any; ``None`` for
+        """What a chain of ``layers`` records in this differentiable call: fingerprints when
+        the guard checks it, anchors (its repair anchors, and the input of every
+        ``anchor_every``-th layer after the first) when there are any; ``None`` for
         neither."""
-        checked = self.next_call_checked()
         every = range(0) if anchor_every is None else range(anchor_every, layers, anchor_every)
         anchors = self.repair_paths | frozenset((index,) for index in every)
-        if not checked and not anchors:
+        if not self.check_next and not anchors:
             return None
-        return PassRecord(batch, anchors, fingerprints=checked, first=self.calls == 1)
+        return PassRecord(batch, anchors, fingerprints=self.check_next, first=self.first_pending)
 
     def _repair(self, record: PassRecord, report: DriftReport) -> None:
         """Space anchors so that no run of rebuilt layers reaches the tolerance.

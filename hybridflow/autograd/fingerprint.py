@@ -50,15 +50,11 @@ def _split(numel: int) -> tuple[int, int]:
     return numel, 1  # unreachable: 1 divides everything
 
 
-@torch.compiler.disable
 @lru_cache(maxsize=64)
 def _signs(numel: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """Fixed Rademacher factors ``u (m, K)`` and ``v (n, K)`` for samples of ``numel = m n``
-    numbers (:func:`_split`), the same in every process.
-
-    Cached, and run eagerly under ``torch.compile`` (Dynamo would trace past the cache and
-    build the factors again in every call); only checked calls of the drift guard get here.
-    """
+    numbers (:func:`_split`), the same in every process. Cached; only checked calls of the
+    drift guard get here, and under ``torch.compile`` their forward pass runs eagerly."""
     m, n = _split(numel)
     generator = torch.Generator().manual_seed(_SEED + 7919 * m + n)
     u = torch.randint(0, 2, (m, PROJECTIONS), generator=generator) * 2 - 1

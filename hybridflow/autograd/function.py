@@ -8,8 +8,8 @@ graph's runtime goes through the same Function).
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +19,7 @@ from hybridflow.autograd.microbatch import run_in_slices
 from hybridflow.autograd.module import Reconstruction
 from hybridflow.autograd.record import PassRecord, recording
 from hybridflow.autograd.replay import ReplayState
-from hybridflow.autograd.validation import data_checks
+from hybridflow.autograd.validation import validation_requested
 from hybridflow.autograd.versions import Versions
 from hybridflow.errors import ModifiedError, ReconstructionError
 
@@ -30,6 +30,8 @@ __all__ = [
     "check_finite_result",
     "unpack_saved",
 ]
+
+_T = TypeVar("_T")
 
 # Positions of the Function's inputs: (run, inverse, slices, x, cond, *params).
 _X, _COND, _PARAMS = 3, 4, 5
@@ -136,12 +138,13 @@ class ReconstructingFunction(torch.autograd.Function):
         _refuse_traced_autograd(run.describe())
         replay = ReplayState.capture(x.device, run.seeded_layers())
         record = run.pass_record(x)
-
-        def layers(h: Tensor, c: Tensor | None, row: int) -> tuple[Tensor, Tensor]:
-            return run.run_layers(h, c, inverse=inverse, replay=replay.at_row(row))
-
-        with torch.no_grad(), recording(record, checking=False):
-            y, logdet = run_in_slices(layers, x, cond, slices=slices.forward)
+        args = (run, inverse, slices, replay, record, x, cond)
+        if torch.compiler.is_compiling() and record is not None and record.watches_layers:
+            # traced, a checked call broke the graph at every layer's fingerprint and Dynamo
+            # compiled the per-layer bookkeeping frame by frame, up to its recompile limit
+            y, logdet = eagerly(_forward_pass, *args)
+        else:
+            y, logdet = _forward_pass(*args)
         if y is x:  # layers that return their input: autograd needs a fresh output
             y = x.clone()
         ctx.run = run
@@ -151,7 +154,8 @@ class ReconstructingFunction(torch.autograd.Function):
         ctx.record = record
         ctx.versions = Versions(run, params)  # type: ignore[arg-type]
         ctx.has_cond = cond is not None
-        ctx.check_finite = data_checks(run.validate)
+        # the reconstruction's check runs in backward, which is eager even under torch.compile
+        ctx.check_finite = validation_requested(run.validate)
         layout, extra = record.saved() if record is not None else ({}, [])
         ctx.record_layout = layout
         ctx.save_for_backward(y, *([cond] if cond is not None else []), *extra)
@@ -177,6 +181,7 @@ class ReconstructingFunction(torch.autograd.Function):
             record.restore(ctx.record_layout, saved[1 + ctx.has_cond :])
         if cond is not None:
             cond = cond.detach().requires_grad_(ctx.needs_input_grad[_COND])
+        run.drift_guard.count_call()
         with ctx.replay.autocast_state(), recording(record, checking=True):
             result = run.reconstruct_vjp(
                 y,
@@ -197,6 +202,30 @@ class ReconstructingFunction(torch.autograd.Function):
             for g, needed in zip(result.grad_params, ctx.needs_input_grad[_PARAMS:], strict=True)
         )
         return (None, None, None, grad_x, result.grad_cond, *grad_params)
+
+
+@torch.compiler.disable
+def eagerly(call: Callable[..., _T], *args: object) -> _T:
+    """``call(*args)`` outside torch.compile's graph (one graph break where it is called)."""
+    return call(*args)
+
+
+def _forward_pass(
+    run: Reconstructible,
+    inverse: bool,
+    slices: Slices,
+    replay: ReplayState,
+    record: PassRecord | None,
+    x: Tensor,
+    cond: Tensor | None,
+) -> tuple[Tensor, Tensor]:
+    """The Function's forward pass: the layers without grad, recording into ``record``."""
+
+    def layers(h: Tensor, c: Tensor | None, row: int) -> tuple[Tensor, Tensor]:
+        return run.run_layers(h, c, inverse=inverse, replay=replay.at_row(row))
+
+    with torch.no_grad(), recording(record, checking=False):
+        return run_in_slices(layers, x, cond, slices=slices.forward)
 
 
 def _refuse_traced_autograd(where: str) -> None:

@@ -64,6 +64,11 @@ class PassRecord:
         self.labels: list[str] = []
         self.rows: slice | None = None
 
+    @property
+    def watches_layers(self) -> bool:
+        """Whether the forward pass measures every layer (fingerprints, hidden state)."""
+        return self.fingerprints or self.first
+
     # -- forward -------------------------------------------------------------------------
     def watched_buffers(self, layer: nn.Module, is_chain: bool) -> list | None:
         """On the first recorded pass, the buffers of ``layer`` to watch for hidden state

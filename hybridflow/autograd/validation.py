@@ -30,6 +30,7 @@ __all__ = [
     "set_validation",
     "torch_func_active",
     "validation_enabled",
+    "validation_requested",
     "validation_scope",
 ]
 
@@ -111,9 +112,15 @@ def torch_func_active() -> bool:
     return bool(torch._C._are_functorch_transforms_active())
 
 
+def validation_requested(validate: bool | None) -> bool:
+    """Whether an object with this ``validate`` setting asks for data-dependent checks (they
+    run where they can: :func:`data_checks`)."""
+    return _STATE.enabled if validate is None else validate
+
+
 def data_checks(validate: bool | None) -> bool:
-    """Whether an object with this ``validate`` setting runs data-dependent checks now."""
-    enabled = _STATE.enabled if validate is None else validate
-    if not enabled or torch.compiler.is_compiling():
+    """Whether an object with this ``validate`` setting runs data-dependent checks now: not
+    in code that torch.compile traces or a torch.func transform runs."""
+    if not validation_requested(validate) or torch.compiler.is_compiling():
         return False
     return not torch_func_active()
