@@ -13,10 +13,17 @@ chain's own choice (store while plain autograd keeps at most 64 MiB): it should 
     python benchmarks/step_time.py --size 512 --depths 16 --modes invert tiled --tile-size 128
     OMP_WAIT_POLICY=PASSIVE python benchmarks/step_time.py --size 128 --depths 4 32
 
-``--compiled`` adds ``torch.compile`` (Inductor) steps of store and invert mode, compared with
-the eager store step (the first calls compile: a minute or more per model on CPU):
+Mode ``floor`` is the least any reconstruction can cost: a store step followed by one no-grad
+forward pass of the same model (a reconstructing backward runs every layer's inverse once,
+which costs about its forward; a coupling's inverse is its conditioner's forward). Column
+``vs floor`` is each mode's time over it (compiled modes: over the compiled floor): how much of
+invert mode's extra time is not that inherent pass.
 
-    python benchmarks/step_time.py --size 64 --depths 16 64 --modes store invert --compiled
+``--compiled`` adds ``torch.compile`` (Inductor) steps of store and invert mode and the
+compiled floor (compiled store step, compiled no-grad forward), compared with the eager store
+step (the first calls compile: a minute or more per model on CPU):
+
+    python benchmarks/step_time.py --size 64 --depths 16 64 --modes store invert floor --compiled
 
 ``--vector`` times the vector posterior of issue 14 instead: a ConditionalFlow
 (``coupling_flow(5, 32)``, 5 steps of spline couplings, an MLP summary of 100 numbers) at
@@ -44,9 +51,29 @@ from common import GlowLike, add_size_options, interleaved_medians, training_ste
 from hybridflow.distributions import ConditionalFlow, coupling_flow
 from hybridflow.summary import MLP
 
-MODES = ("store", "invert", "checkpoint", "tiled", "auto")
+MODES = ("store", "invert", "checkpoint", "tiled", "auto", "floor")
 VECTOR_MODES = ("store", "invert", "auto")
-COMPILED_MODES = ("store", "invert")
+COMPILED_MODES = ("store", "invert", "floor")
+
+
+def floor_of(mode: str) -> str:
+    """The floor a mode is compared with: the compiled one for compiled modes."""
+    return "compiled floor" if mode.startswith("compiled") else "floor"
+
+
+def _no_grad_forward(model: torch.nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        model(x)
+
+
+def floor_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, forward=None
+) -> None:
+    """A store-mode step and then one no-grad forward pass of the same model: the least a
+    reconstructing step can cost, since it runs every layer's inverse (about its forward)
+    once more in backward. ``forward``: that pass (compiled with ``--compiled``)."""
+    training_step(model, optimizer, x)
+    (forward or _no_grad_forward)(model, x)
 
 
 class _VectorStep:
@@ -117,18 +144,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
             models[mode] = (
                 GlowLike(3, depth, args.hidden, "invert", tile_size=args.tile_size)
                 if mode == "tiled"
-                else GlowLike(3, depth, args.hidden, mode)
+                else GlowLike(3, depth, args.hidden, "store" if mode == "floor" else mode)
             )
             optimizers[mode] = torch.optim.Adam(models[mode].parameters(), lr=1e-4)
-        steps = dict.fromkeys(args.modes, training_step)
+        steps = {mode: floor_step if mode == "floor" else training_step for mode in args.modes}
         if args.compiled:
+            compiled_step = torch.compile(training_step)
+            compiled_forward = torch.compile(_no_grad_forward)
             for mode in COMPILED_MODES:
                 torch.manual_seed(0)
-                models[f"compiled {mode}"] = GlowLike(3, depth, args.hidden, mode)
-                optimizers[f"compiled {mode}"] = torch.optim.Adam(
-                    models[f"compiled {mode}"].parameters(), lr=1e-4
+                name = f"compiled {mode}"
+                models[name] = GlowLike(3, depth, args.hidden, "store" if mode == "floor" else mode)
+                optimizers[name] = torch.optim.Adam(models[name].parameters(), lr=1e-4)
+                steps[name] = (
+                    partial(floor_step, forward=compiled_forward)
+                    if mode == "floor"
+                    else compiled_step
                 )
-                steps[f"compiled {mode}"] = torch.compile(training_step)
         for name, step in steps.items():  # warm-up: ActNorm init, optimizer state, compilation
             for _ in range(3 if name.startswith("compiled") else 2):
                 step(models[name], optimizers[name], x)
@@ -144,17 +176,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "ms": medians[mode],
                     "ratio": medians[mode] / medians.get("store", medians[mode]),
                     "vs_invert": medians[mode] / medians.get("invert", medians[mode]),
+                    "vs_floor": medians[mode] / medians.get(floor_of(mode), medians[mode]),
                 }
             )
     print(
         f"Glow-like step, {args.size}x{args.size}, batch {args.batch}, hidden {args.hidden}, "
         f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={policy}, median of {args.repeats}"
     )
-    print(f"{'depth':>5} {'mode':>16} {'ms/step':>9} {'vs store':>8} {'vs invert':>9}")
+    print(
+        f"{'depth':>5} {'mode':>16} {'ms/step':>9} {'vs store':>8} {'vs invert':>9} {'vs floor':>8}"
+    )
     for r in rows:
         print(
             f"{r['depth']:>5} {r['mode']:>16} {r['ms']:>9.0f} {r['ratio']:>8.2f} "
-            f"{r['vs_invert']:>9.2f}"
+            f"{r['vs_invert']:>9.2f} {r['vs_floor']:>8.2f}"
         )
     return rows
 

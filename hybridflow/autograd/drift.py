@@ -150,12 +150,13 @@ class DriftGuard:
         self.warned = False
 
     def count_call(self) -> None:
-        """Count a differentiable call, in its backward; decide whether to check the next.
+        """Count a differentiable call; decide whether to check the next.
 
-        Counted in backward, which runs eagerly, so that the forward pass reads only the
-        flags ``check_next`` and ``first_pending``: a compiled forward then has one graph
-        per value of them, where reading the count would recompile it at every call. A
-        call whose backward never runs is not counted (the next one is checked in its place).
+        The forward pass reads only the flags ``check_next`` and ``first_pending``. An eager
+        call is counted in its forward pass; a compiled one in its backward, which runs
+        eagerly: a compiled forward then has one graph per value of the flags, where reading
+        (or changing) the count would recompile it at every call. A compiled call whose
+        backward never runs is not counted (the next one is checked in its place).
         """
         self.calls += 1
         self.first_pending = False

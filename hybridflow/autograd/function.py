@@ -138,6 +138,9 @@ class ReconstructingFunction(torch.autograd.Function):
         _refuse_traced_autograd(run.describe())
         replay = ReplayState.capture(x.device, run.seeded_layers())
         record = run.pass_record(x)
+        ctx.counted = not torch.compiler.is_compiling()  # else counted in backward
+        if ctx.counted:
+            run.drift_guard.count_call()
         args = (run, inverse, slices, replay, record, x, cond)
         if torch.compiler.is_compiling() and record is not None and record.watches_layers:
             # traced, a checked call broke the graph at every layer's fingerprint and Dynamo
@@ -181,7 +184,8 @@ class ReconstructingFunction(torch.autograd.Function):
             record.restore(ctx.record_layout, saved[1 + ctx.has_cond :])
         if cond is not None:
             cond = cond.detach().requires_grad_(ctx.needs_input_grad[_COND])
-        run.drift_guard.count_call()
+        if not ctx.counted:
+            run.drift_guard.count_call()
         with ctx.replay.autocast_state(), recording(record, checking=True):
             result = run.reconstruct_vjp(
                 y,
