@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -67,7 +68,10 @@ def _no_grad_forward(model: torch.nn.Module, x: torch.Tensor) -> None:
 
 
 def floor_step(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, forward=None
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    forward: Callable[[torch.nn.Module, torch.Tensor], None] | None = None,
 ) -> None:
     """A store-mode step and then one no-grad forward pass of the same model: the least a
     reconstructing step can cost, since it runs every layer's inverse (about its forward)
