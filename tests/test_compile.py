@@ -73,6 +73,17 @@ def test_store_mode_compiles_to_one_graph_and_invert_mode_breaks_are_counted():
     assert counts["invert"] > 0
 
 
+def _training_call(chain):
+    """``v -> loss`` of ``chain`` on ``v``, back-propagated (a compiled step's usual body)."""
+
+    def train(v):
+        loss = flow_loss(*chain(v))
+        loss.backward()
+        return loss.detach()
+
+    return train
+
+
 def _break_reasons(call, x):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
@@ -85,10 +96,7 @@ def test_an_invert_chain_breaks_only_at_the_callers_backward_and_at_random_layer
     x = torch.randn(2, 3, 8, 8)
     flow_loss(*chain(x)).backward()  # the drift guard's checked first call, eagerly
 
-    def train(v):
-        loss = flow_loss(*chain(v))
-        loss.backward()
-        return loss.detach()
+    train = _training_call(chain)
 
     # the seed is drawn as a tensor and layers that draw no random numbers are not re-seeded:
     # the no-grad call is one graph; a training call breaks at the backward() it makes and
@@ -111,10 +119,7 @@ def test_dynamos_trace_autograd_ops_is_refused_rather_than_losing_the_gradients(
     chain = glow_chain(3, 1, "invert", hidden=8, squeeze=True)
     x = torch.randn(2, 3, 8, 8)
 
-    def train(v):
-        loss = flow_loss(*chain(v))
-        loss.backward()
-        return loss.detach()
+    train = _training_call(chain)
 
     # with the flag, torch 2.13 never calls the Function's backward: the gradients would be None
     with torch._dynamo.config.patch(trace_autograd_ops=True):
@@ -140,10 +145,7 @@ def test_a_compiled_chains_initialising_call_runs_eagerly_and_equals_eager():
     flow_loss(*eager(x)).backward()
     torch._dynamo.utils.counters.clear()
 
-    def train(v):
-        loss = flow_loss(*compiled(v))
-        loss.backward()
-        return loss.detach()
+    train = _training_call(compiled)
 
     torch.compile(train, backend="eager")(x)
     # traced, ActNorm's data-dependent start broke the graph inside every layer and Dynamo
@@ -196,10 +198,7 @@ def test_a_compiled_invert_chain_still_refuses_a_non_finite_reconstruction():
     chain = hf.Chain(InvConv1x1(3), ExplodingInverse(), InvConv1x1(3), drift_every=0)
     x = torch.randn(8, 3, requires_grad=True)
 
-    def train(v):
-        loss = flow_loss(*chain(v))
-        loss.backward()
-        return loss.detach()
+    train = _training_call(chain)
 
     with pytest.raises(hf.ReconstructionError, match="NaN/Inf"):
         torch.compile(train, backend="eager")(x)

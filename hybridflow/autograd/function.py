@@ -66,7 +66,7 @@ class Reconstructible(Protocol):
         ...
 
     def pass_record(self, x: Tensor) -> PassRecord | None:
-        """What this call records (fingerprints, anchors), or ``None``; counts the call."""
+        """What this call records (fingerprints, anchors), or ``None``."""
         ...
 
     def seeded_layers(self) -> Sequence[nn.Module]:
@@ -138,11 +138,12 @@ class ReconstructingFunction(torch.autograd.Function):
         _refuse_traced_autograd(run.describe())
         replay = ReplayState.capture(x.device, run.seeded_layers())
         record = run.pass_record(x)
-        ctx.counted = not torch.compiler.is_compiling()  # else counted in backward
+        compiling = torch.compiler.is_compiling()
+        ctx.counted = not compiling  # a compiled call is counted in backward (count_call)
         if ctx.counted:
             run.drift_guard.count_call()
         args = (run, inverse, slices, replay, record, x, cond)
-        if torch.compiler.is_compiling() and record is not None and record.watches_layers:
+        if compiling and record is not None and record.watches_layers:
             # traced, a checked call broke the graph at every layer's fingerprint and Dynamo
             # compiled the per-layer bookkeeping frame by frame, up to its recompile limit
             y, logdet = eagerly(_forward_pass, *args)
